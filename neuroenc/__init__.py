@@ -1,0 +1,20 @@
+"""neuroenc: image-computable encoding models of human visual cortex.
+
+The extension surface is declared in :mod:`neuroenc.hookspecs`; built-in components
+(the baselines and LLM-VEM) are plugins under ``plugins/`` registered through the same
+``neuroenc`` entry-point group a third-party package uses.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("neuroenc")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0+unknown"
+
+__all__ = ["__version__"]
+
+from neuroenc.hookspecs import hookimpl  # noqa: E402  (the decorator plugin authors use)
+from neuroenc.records import Component, NoParams, Slot  # noqa: E402
+
+__all__ += ["hookimpl", "Component", "NoParams", "Slot"]

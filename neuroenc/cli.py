@@ -1,0 +1,151 @@
+"""The ``neuroenc`` command line: run, validate, plugins, demo-data."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="neuroenc: train and score image-computable encoding models of visual cortex.\n\n"
+    "Start with `neuroenc run registry.yaml` (the demo experiment, no data needed), then "
+    "point a registry at your Algonauts 2023 download (see registry.algonauts.yaml).",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
+console = Console()
+err = Console(stderr=True)
+
+Strict = Annotated[bool, typer.Option("--strict", help="a broken plugin is an error, not a warning")]
+Block = Annotated[Optional[list[str]], typer.Option(
+    "--block", "-B", help="do not load the plugin with this name (repeatable)")]
+
+
+def _manager(strict: bool, block: list[str] | None):
+    from neuroenc.plugins import PluginManager, PluginWarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, PluginWarning):
+            err.print(f"[yellow]warning:[/] {message}")
+        else:
+            err.print(f"[yellow]{category.__name__}:[/] {message}")
+    warnings.showwarning = show
+    return PluginManager(strict=strict, blocked=block or ())
+
+
+def _fail(exc: Exception) -> None:
+    err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+    raise typer.Exit(code=1)
+
+
+def _load(registry_file: Path, strict: bool, block: list[str] | None):
+    from neuroenc.config import RegistryError, load_registry, resolve_registry
+    from neuroenc.plugins import PluginError
+
+    manager = _manager(strict, block)
+    try:
+        registry = resolve_registry(load_registry(registry_file), manager)
+    except (RegistryError, PluginError) as exc:
+        _fail(exc)
+    return registry, manager
+
+
+@app.command()
+def run(
+    registry_file: Annotated[Path, typer.Argument(help="experiment file, e.g. registry.yaml")] = Path("registry.yaml"),
+    device: Annotated[Optional[str], typer.Option(help="override compute.device (cpu, cuda, ...)")] = None,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    strict: Strict = False,
+    block: Block = None,
+) -> None:
+    """Train and score every model of REGISTRY_FILE on every subject; write a results folder."""
+    from neuroenc.data.algonauts import DatasetError
+    from neuroenc.runner import format_summary, run_registry
+
+    registry, manager = _load(registry_file, strict, block)
+    if device is not None:
+        registry.compute.device = device
+    try:
+        result = run_registry(registry, manager, show_progress=progress,
+                              log=lambda msg: console.print(msg, highlight=False))
+    except (DatasetError, FileNotFoundError, RuntimeError, ValueError) as exc:
+        _fail(exc)
+    console.print()
+    console.print(format_summary(result.summary), highlight=False)
+    console.print(f"\nresults: {result.run_dir}  ({result.timings['total']:.1f} s)")
+
+
+@app.command()
+def validate(
+    registry_file: Annotated[Path, typer.Argument(help="experiment file to check")],
+    strict: Strict = False,
+    block: Block = None,
+) -> None:
+    """Check REGISTRY_FILE (structure, plugin names, parameters) without running it."""
+    registry, _ = _load(registry_file, strict, block)
+    console.print(f"[green]ok[/]: {registry_file}: experiment {registry.name!r}, dataset "
+                  f"{registry.dataset.kind!r}, {len(registry.models)} model(s): "
+                  f"{', '.join(registry.models)}")
+
+
+@app.command()
+def plugins(
+    registry_file: Annotated[Optional[Path], typer.Argument(
+        help="also load the plugins this registry names")] = None,
+    strict: Strict = False,
+    block: Block = None,
+) -> None:
+    """List every component by kind, with its provider, version and parameters."""
+    from neuroenc.plugins import PluginError
+    from neuroenc.records import KINDS
+
+    if registry_file is not None:
+        _, manager = _load(registry_file, strict, block)
+    else:
+        manager = _manager(strict, block)
+    table = Table(title="neuroenc components", show_lines=False)
+    for column in ("kind", "name", "provider", "version", "parameters", "description"):
+        table.add_column(column, overflow="fold")
+    for kind in KINDS:
+        try:
+            components = manager.components(kind)
+        except PluginError as exc:
+            _fail(exc)
+        for name, comp in sorted(components.items()):
+            params = ", ".join(f"{k}={_default(f)}" for k, f in comp.params.model_fields.items())
+            table.add_row(kind, name, comp.provider, comp.version, params or "-", comp.description)
+    console.print(table)
+
+
+def _default(field) -> str:
+    if field.is_required():
+        return "<required>"
+    value = field.get_default(call_default_factory=True)
+    text = repr(value.name if hasattr(value, "name") and hasattr(value, "params") else value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+@app.command("demo-data")
+def demo_data(
+    path: Annotated[Path, typer.Argument(help="folder to write the dataset into")],
+    n_subjects: int = 2, n_train: int = 1000, n_test: int = 200, image_size: int = 128,
+    seed: int = 0,
+) -> None:
+    """Write the embedded demo dataset (Algonauts 2023 layout, fsaverage5) into PATH."""
+    from neuroenc.data.demo import generate_demo_dataset
+
+    if path.exists() and any(path.iterdir()):
+        _fail(ValueError(f"{path}: folder exists and is not empty; choose a new path"))
+    root = generate_demo_dataset(path, subjects=tuple(range(1, n_subjects + 1)), n_train=n_train,
+                                 n_test=n_test, image_size=image_size, seed=seed, progress=True)
+    console.print(f"demo dataset written to {root}")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

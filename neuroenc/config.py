@@ -1,0 +1,320 @@
+"""registry.yaml: one file that describes an experiment, validated with pydantic.
+
+Validation has two passes. The first checks the file's own structure (types, required
+keys, unknown keys). The second resolves every name against the loaded plugins: the
+dataset kind, each model's recipe, and every component a recipe references through a
+:class:`neuroenc.records.Slot`, validating each component's parameters against that
+component's own params model. All problems of both passes are reported together, each
+with its YAML path, the bad value and the valid choices::
+
+    registry.yaml: models.ridge.backbone.name: unknown image backbone 'timmm'; known: timm (did you mean 'timm'?)
+"""
+
+from __future__ import annotations
+
+import os
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from neuroenc.records import Slot
+
+if typing.TYPE_CHECKING:
+    from neuroenc.plugins import PluginManager
+
+__all__ = [
+    "ComponentRef",
+    "DatasetConfig",
+    "EvaluationConfig",
+    "ComputeConfig",
+    "OutputConfig",
+    "ModelConfig",
+    "Registry",
+    "RegistryError",
+    "load_registry",
+    "resolve_registry",
+    "recipe_slots",
+    "default_cache_dir",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ComponentRef(BaseModel):
+    """A reference to a component by name, with its parameters as sibling keys.
+
+    ``backbone: timm`` and ``backbone: {name: timm, model_name: resnet18}`` are both
+    accepted; the keys other than ``name`` are validated against the component's own
+    params model when the registry is resolved.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Return the component's parameters (every key but ``name``)."""
+        return dict(self.model_extra or {})
+
+
+class DatasetConfig(BaseModel):
+    """Which data to run on. Keys other than ``kind`` and ``subjects`` go to the reader."""
+
+    model_config = ConfigDict(extra="allow")
+    kind: str = Field("demo", description="dataset reader: 'demo' or 'algonauts2023'")
+    subjects: list[int | str] | Literal["all"] = Field(
+        "all", description="subject numbers (1..8) or ids ('subj01'), or 'all'")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class EvaluationConfig(_Strict):
+    """How predictions are scored."""
+
+    split: Literal["auto", "test", "holdout"] = Field(
+        "auto", description="'test' scores the test split (needs test fMRI); 'holdout' scores a "
+        "held-out part of the training split; 'auto' uses test when its fMRI is present")
+    holdout_fraction: float = Field(0.1, gt=0, lt=1)
+    metrics: list[str] = Field(default_factory=lambda: ["pearson", "r2", "noise_normalized"])
+
+
+class ComputeConfig(_Strict):
+    """Where and how fast things run."""
+
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', 'mps'")
+    batch_size: int = Field(32, ge=1)
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    cache_dir: Path | None = Field(
+        None, description="feature and dataset cache; default $NEUROENC_CACHE_DIR or ~/.cache/neuroenc")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        head = value.split(":", 1)[0]
+        if head not in {"auto", "cpu", "cuda", "mps"}:
+            raise ValueError(f"unknown device {value!r}; expected auto, cpu, cuda, cuda:N or mps")
+        return value
+
+
+class OutputConfig(_Strict):
+    dir: Path = Field(Path("results"), description="results folder, relative to the registry file")
+
+
+class ModelConfig(BaseModel):
+    """One encoding model: a recipe and its parameters (validated by the recipe)."""
+
+    model_config = ConfigDict(extra="allow")
+    recipe: str
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Registry(_Strict):
+    """The whole experiment described by a registry.yaml."""
+
+    name: str = Field(..., min_length=1, description="experiment name; names the results folder")
+    description: str = ""
+    seed: int = 0
+    plugins: list[str] = Field(default_factory=list,
+                               description="extra plugins: importable modules or .py files")
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    models: dict[str, ModelConfig] = Field(..., min_length=1)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    #: the file this registry was read from (not a YAML key)
+    source: Path | None = Field(None, exclude=True)
+
+    @property
+    def base_dir(self) -> Path:
+        """Folder that relative paths in the registry are resolved against."""
+        return self.source.parent if self.source is not None else Path.cwd()
+
+    def resolve_path(self, path: str | Path) -> Path:
+        path = Path(os.path.expandvars(str(path))).expanduser()
+        return path if path.is_absolute() else (self.base_dir / path)
+
+
+class RegistryError(ValueError):
+    """registry.yaml is invalid; ``problems`` lists ``(yaml_path, message)`` pairs."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source, self.problems = source, problems
+        lines = [f"{source}: {path}: {msg}" if path else f"{source}: {msg}" for path, msg in problems]
+        super().__init__("\n".join(lines))
+
+
+def default_cache_dir() -> Path:
+    """Return ``$NEUROENC_CACHE_DIR`` or ``~/.cache/neuroenc``."""
+    env = os.environ.get("NEUROENC_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "neuroenc"
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _pydantic_problems(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    problems = []
+    for err in exc.errors():
+        # pydantic adds the union member / validator name to locations; drop those
+        loc = [p for p in err["loc"] if p not in ("function-after[_device(), str]",)]
+        path = ".".join(filter(None, [prefix, _loc(tuple(loc))]))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif "input" in err and err["type"] not in ("missing",):
+            msg = f"{msg} (found {err['input']!r})"
+        problems.append((path, msg))
+    return problems
+
+
+def _unknown_key_hint(problems: list[tuple[str, str]], model: type[BaseModel]) -> list[tuple[str, str]]:
+    from neuroenc.plugins import suggest
+
+    out = []
+    for path, msg in problems:
+        if msg == "unknown key":
+            key = path.rsplit(".", 1)[-1]
+            known = list(model.model_fields)
+            msg = f"unknown key {key!r}; known: {', '.join(known)}{suggest(key, known)}"
+        out.append((path, msg))
+    return out
+
+
+def load_registry(path: str | Path) -> Registry:
+    """Return the structurally validated registry read from a YAML file.
+
+    Raises
+    ------
+    RegistryError
+        The file is missing, is not valid YAML, or does not match the schema; the
+        message names the file and the YAML path of every problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RegistryError(str(path), [("", "file not found")])
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RegistryError(str(path), [("", f"{where}invalid YAML: {problem}")]) from None
+    if not isinstance(data, dict):
+        raise RegistryError(str(path), [("", f"expected a mapping at the top level, found "
+                                             f"{type(data).__name__}")])
+    try:
+        registry = Registry.model_validate(data)
+    except ValidationError as exc:
+        raise RegistryError(str(path), _unknown_key_hint(_pydantic_problems(exc), Registry)) from None
+    registry.source = path.resolve()
+    return registry
+
+
+def recipe_slots(params_model: type[BaseModel]) -> dict[str, str]:
+    """Return ``{field name: component kind}`` for the Slot-annotated fields of a params model."""
+    slots = {}
+    for field_name, info in params_model.model_fields.items():
+        for meta in info.metadata:
+            if isinstance(meta, Slot):
+                slots[field_name] = meta.kind
+    return slots
+
+
+def _check_component(manager: PluginManager, kind: str, ref: Any, path: str,
+                     problems: list[tuple[str, str]]) -> None:
+    from neuroenc.plugins import UnknownComponentError
+
+    if ref is None:
+        return
+    if not isinstance(ref, ComponentRef):
+        ref = ComponentRef.model_validate(ref)
+    try:
+        component = manager.get(kind, ref.name)
+    except UnknownComponentError as exc:
+        problems.append((f"{path}.name", str(exc)))
+        return
+    try:
+        component.params.model_validate(ref.params)
+    except ValidationError as exc:
+        problems.extend(_unknown_key_hint(_pydantic_problems(exc, path), component.params))
+
+
+def resolve_registry(registry: Registry, manager: PluginManager) -> Registry:
+    """Check every plugin-provided name and parameter in ``registry``; return it.
+
+    Loads the registry's own ``plugins:`` into ``manager`` first.
+
+    Raises
+    ------
+    RegistryError
+        Listing every unknown name (with the known ones and the closest match) and
+        every invalid component parameter, by YAML path.
+    """
+    from neuroenc.plugins import PluginError, UnknownComponentError
+
+    source = str(registry.source or "registry")
+    problems: list[tuple[str, str]] = []
+    for i, spec in enumerate(registry.plugins):
+        try:
+            manager.load_plugin(spec, base_dir=registry.base_dir)
+        except PluginError as exc:
+            problems.append((f"plugins.{i}", str(exc)))
+
+    try:
+        dataset = manager.get("dataset", registry.dataset.kind)
+        try:
+            dataset.params.model_validate(registry.dataset.params)
+        except ValidationError as exc:
+            problems.extend(_unknown_key_hint(_pydantic_problems(exc, "dataset"), dataset.params))
+    except UnknownComponentError as exc:
+        problems.append(("dataset.kind", str(exc)))
+
+    for i, metric in enumerate(registry.evaluation.metrics):
+        try:
+            manager.get("metric", metric)
+        except UnknownComponentError as exc:
+            problems.append((f"evaluation.metrics.{i}", str(exc)))
+
+    for model_name, model in registry.models.items():
+        base = f"models.{model_name}"
+        try:
+            recipe = manager.get("recipe", model.recipe)
+        except UnknownComponentError as exc:
+            problems.append((f"{base}.recipe", str(exc)))
+            continue
+        try:
+            params = recipe.params.model_validate(model.params)
+        except ValidationError as exc:
+            problems.extend(_unknown_key_hint(_pydantic_problems(exc, base), recipe.params))
+            continue
+        for field_name, kind in recipe_slots(recipe.params).items():
+            _check_component(manager, kind, getattr(params, field_name), f"{base}.{field_name}",
+                             problems)
+    if problems:
+        raise RegistryError(source, problems)
+    return registry
+
+
+# Used by recipes' params models: ``backbone: BackboneRef``.
+BackboneRef = Annotated[ComponentRef, Slot("image_backbone")]
+MapperRef = Annotated[ComponentRef, Slot("voxel_mapper")]
+CaptionerRef = Annotated[ComponentRef, Slot("captioner")]
+TextEncoderRef = Annotated[ComponentRef, Slot("text_encoder")]
+AlignmentLossRef = Annotated[ComponentRef, Slot("alignment_loss")]

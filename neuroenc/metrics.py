@@ -1,0 +1,140 @@
+"""Per-vertex scores of predicted responses: Pearson r, R^2 and the Algonauts 2023 score.
+
+All functions take arrays of shape (n_images, n_vertices) and return one value per
+vertex. The noise-normalized score follows the Algonauts 2023 devkit
+(``03_test_encoding.py``, see ``shared/REFERENCE.md`` section 2):
+negative correlations are set to 0, a noise ceiling of 0 becomes 1e-14, and the score is
+``min(100, 100 * r**2 / NC)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "pearson_r",
+    "r2_score",
+    "noise_normalized_score",
+    "noise_ceiling_from_ncsnr",
+    "challenge_score",
+]
+
+
+def _check_pair(measured: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    measured = np.asarray(measured, dtype=np.float64)
+    predicted = np.asarray(predicted, dtype=np.float64)
+    if measured.ndim == 1:
+        measured = measured[:, None]
+    if predicted.ndim == 1:
+        predicted = predicted[:, None]
+    if measured.shape != predicted.shape:
+        raise ValueError(
+            f"measured responses have shape {measured.shape} but predictions have shape "
+            f"{predicted.shape}; expected the same (n_images, n_vertices)"
+        )
+    if measured.shape[0] < 2:
+        raise ValueError(f"need at least 2 images to score, got {measured.shape[0]}")
+    for name, arr in (("measured responses", measured), ("predictions", predicted)):
+        if not np.isfinite(arr).all():
+            n_bad = int((~np.isfinite(arr)).sum())
+            raise ValueError(f"{name} contain {n_bad} non-finite values (NaN or inf)")
+    return measured, predicted
+
+
+def pearson_r(measured: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Return the Pearson correlation per vertex, shape (n_vertices,).
+
+    Parameters
+    ----------
+    measured, predicted : ndarray of shape (n_images, n_vertices)
+
+    A vertex whose measured or predicted responses are constant has no defined
+    correlation; it gets 0 (no linear relation can be claimed), as a prediction of a
+    constant would score nothing in the challenge.
+    """
+    measured, predicted = _check_pair(measured, predicted)
+    m = measured - measured.mean(axis=0)
+    p = predicted - predicted.mean(axis=0)
+    denom = np.sqrt((m * m).sum(axis=0) * (p * p).sum(axis=0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (m * p).sum(axis=0) / denom
+    r[denom == 0] = 0.0
+    return np.clip(r, -1.0, 1.0)
+
+
+def r2_score(measured: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Return the coefficient of determination per vertex, shape (n_vertices,).
+
+    ``1 - SS_res / SS_tot`` as scikit-learn's ``r2_score(..., multioutput="raw_values")``;
+    it can be negative. A vertex with constant measured responses gets 0.
+    """
+    measured, predicted = _check_pair(measured, predicted)
+    ss_res = ((measured - predicted) ** 2).sum(axis=0)
+    ss_tot = ((measured - measured.mean(axis=0)) ** 2).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r2 = 1.0 - ss_res / ss_tot
+    r2[ss_tot == 0] = 0.0
+    return r2
+
+
+def noise_normalized_score(r: np.ndarray, noise_ceiling: np.ndarray) -> np.ndarray:
+    """Return the Algonauts 2023 noise-normalized encoding score per vertex, in percent.
+
+    Parameters
+    ----------
+    r : ndarray of shape (n_vertices,)
+        Pearson correlation of measured and predicted test responses.
+    noise_ceiling : ndarray of shape (n_vertices,)
+        Noise ceiling as a fraction in [0, 1] (the challenge's
+        ``{lh,rh}_noise_ceiling.npy``).
+
+    Returns
+    -------
+    score : ndarray of shape (n_vertices,)
+        ``min(100, 100 * max(r, 0)**2 / NC)`` with ``NC == 0`` replaced by 1e-14.
+    """
+    r = np.asarray(r, dtype=np.float64)
+    nc = np.asarray(noise_ceiling, dtype=np.float64).copy()
+    if r.shape != nc.shape:
+        raise ValueError(
+            f"correlations have shape {r.shape} but the noise ceiling has shape {nc.shape}"
+        )
+    if not np.isfinite(nc).all() or (nc < 0).any() or (nc > 1).any():
+        raise ValueError(
+            "noise ceiling must be a finite fraction in [0, 1]; found values in "
+            f"[{np.nanmin(nc):.4g}, {np.nanmax(nc):.4g}] (a ceiling in percent must be divided by 100)"
+        )
+    r = np.where(r < 0, 0.0, r)
+    nc[nc == 0] = 1e-14
+    score = 100.0 * r**2 / nc
+    return np.minimum(score, 100.0)
+
+
+def noise_ceiling_from_ncsnr(ncsnr: np.ndarray, n_trials_per_image: np.ndarray) -> np.ndarray:
+    """Return the noise ceiling (fraction in [0, 1]) from NSD's ``ncsnr``, per vertex.
+
+    ``NC = ncsnr^2 / (ncsnr^2 + (n3/3 + n2/2 + n1/1) / (n3 + n2 + n1))`` where ``nK`` is the
+    number of test images shown K times (REFERENCE.md section 2). More generally the
+    second term is the mean over test images of ``1 / n_trials``.
+
+    Parameters
+    ----------
+    ncsnr : ndarray of shape (n_vertices,)
+    n_trials_per_image : ndarray of shape (n_images,)
+        How many trials were averaged for each test image.
+    """
+    ncsnr = np.asarray(ncsnr, dtype=np.float64)
+    n_trials = np.asarray(n_trials_per_image, dtype=np.float64)
+    if n_trials.ndim != 1 or n_trials.size == 0 or (n_trials < 1).any():
+        raise ValueError("n_trials_per_image must be a non-empty 1-D array of counts >= 1")
+    noise_term = float(np.mean(1.0 / n_trials))
+    snr2 = ncsnr**2
+    return snr2 / (snr2 + noise_term)
+
+
+def challenge_score(scores: np.ndarray) -> float:
+    """Return the challenge-style summary: the mean noise-normalized score over vertices."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.size == 0:
+        raise ValueError("no vertices to summarise")
+    return float(np.mean(scores))

@@ -1,0 +1,199 @@
+"""Results as xarray Datasets labelled by vertex and ROI; netCDF files; summaries.
+
+One Dataset per model and subject, with dimension ``vertex`` (lh then rh challenge-space
+vertices) and coordinates ``hemisphere``, ``challenge_index``, ``fsaverage_index`` and one
+``roi_<class>`` per ROI class (the ROI name, ``""`` outside the class). Data variables are
+the metrics (``pearson``, ``r2``, ``noise_normalized`` ...) and ``noise_ceiling``. Attributes
+carry model, subject, split and, as JSON strings (netCDF attributes must be scalars),
+the model's config and the package versions.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from neuroenc.cache import atomic_path
+
+__all__ = [
+    "ROI_PREFIX",
+    "result_dataset",
+    "predictions_dataset",
+    "write_netcdf",
+    "read_netcdf",
+    "export_submission",
+    "roi_coords",
+    "roi_summary",
+    "summarize",
+    "load_run",
+]
+
+ROI_PREFIX = "roi_"
+NETCDF_ENGINE = "h5netcdf"
+
+
+def _vertex_coords(vertex_coords: Mapping[str, np.ndarray]) -> dict[str, tuple[str, np.ndarray]]:
+    n = {len(v) for v in vertex_coords.values()}
+    if len(n) != 1:
+        raise ValueError(f"vertex coordinates have different lengths: "
+                         f"{ {k: len(v) for k, v in vertex_coords.items()} }")
+    return {name: ("vertex", np.asarray(values)) for name, values in vertex_coords.items()}
+
+
+def result_dataset(*, model: str, subject: str, vertex_coords: Mapping[str, np.ndarray],
+                   scores: Mapping[str, np.ndarray], noise_ceiling: np.ndarray | None,
+                   attrs: Mapping[str, Any] | None = None) -> xr.Dataset:
+    """Return one model's per-vertex scores on one subject as an xarray Dataset.
+
+    Parameters
+    ----------
+    model, subject : str
+    vertex_coords : mapping of str to ndarray of shape (n_vertices,)
+        As :meth:`neuroenc.data.algonauts.SubjectData.vertex_coords` returns them.
+    scores : mapping of str to ndarray of shape (n_vertices,)
+        One entry per metric.
+    noise_ceiling : ndarray of shape (n_vertices,) or None
+    attrs : mapping
+        Extra attributes; dicts and lists are stored as JSON strings.
+    """
+    coords = _vertex_coords(vertex_coords)
+    n_vertices = len(next(iter(coords.values()))[1])
+    data_vars = {}
+    for name, values in scores.items():
+        values = np.asarray(values, dtype=np.float32)
+        if values.shape != (n_vertices,):
+            raise ValueError(f"metric {name!r} has shape {values.shape}, expected ({n_vertices},)")
+        data_vars[name] = ("vertex", values)
+    if noise_ceiling is not None:
+        data_vars["noise_ceiling"] = ("vertex", np.asarray(noise_ceiling, dtype=np.float32))
+    ds = xr.Dataset(data_vars, coords=coords)
+    ds.attrs = {"model": model, "subject": subject, **_json_attrs(attrs or {})}
+    return ds
+
+
+def predictions_dataset(*, model: str, subject: str, split: str, predictions: np.ndarray,
+                        vertex_coords: Mapping[str, np.ndarray], image_names: Sequence[str],
+                        nsd_ids: np.ndarray) -> xr.Dataset:
+    """Return predictions of shape (n_images, n_vertices) as a Dataset with image labels."""
+    coords = _vertex_coords(vertex_coords)
+    coords.update(image=("image", np.asarray(image_names, dtype=str)),
+                  nsd_id=("image", np.asarray(nsd_ids, dtype=np.int64)))
+    return xr.Dataset({"predicted": (("image", "vertex"), np.asarray(predictions, np.float32))},
+                      coords=coords, attrs={"model": model, "subject": subject, "split": split})
+
+
+def _json_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in attrs.items():
+        if isinstance(value, (dict, list, tuple)):
+            out[key] = json.dumps(value, sort_keys=True, default=str)
+        elif value is None:
+            out[key] = ""
+        elif isinstance(value, (str, int, float, np.integer, np.floating)):
+            out[key] = value
+        else:
+            out[key] = str(value)
+    return out
+
+
+def write_netcdf(ds: xr.Dataset, path: str | Path) -> Path:
+    """Write ``ds`` to ``path`` as netCDF4 (h5netcdf), atomically; return the path."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        ds.to_netcdf(tmp, engine=NETCDF_ENGINE)
+    return path
+
+
+def read_netcdf(path: str | Path) -> xr.Dataset:
+    """Return a Dataset read fully into memory (the file is closed afterwards)."""
+    with xr.open_dataset(path, engine=NETCDF_ENGINE) as ds:
+        return ds.load()
+
+
+def export_submission(predictions: np.ndarray, n_vertices: Mapping[str, int], folder: str | Path) -> list[Path]:
+    """Write ``{lh,rh}_pred_test.npy`` in the challenge's submission layout; return the paths.
+
+    Parameters
+    ----------
+    predictions : ndarray of shape (n_test_images, n_lh + n_rh)
+    n_vertices : mapping ``{'lh': n_lh, 'rh': n_rh}``
+    folder : the subject's folder, e.g. ``.../submission/subj01``
+    """
+    folder = Path(folder)
+    expected = sum(n_vertices.values())
+    if predictions.shape[1] != expected:
+        raise ValueError(f"predictions have {predictions.shape[1]} vertices, expected "
+                         f"{expected} ({dict(n_vertices)})")
+    written, start = [], 0
+    for hemi, n in n_vertices.items():
+        path = folder / f"{hemi}_pred_test.npy"
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:  # np.save on a path would append '.npy'
+                np.save(fh, np.ascontiguousarray(predictions[:, start:start + n], dtype=np.float32))
+        written.append(path)
+        start += n
+    return written
+
+
+def roi_coords(ds: xr.Dataset) -> dict[str, str]:
+    """Return ``{coordinate name: ROI class}`` for the ROI coordinates of a result."""
+    classes = json.loads(ds.attrs.get("roi_classes", "{}")) if "roi_classes" in ds.attrs else {}
+    return {name: classes.get(name, name[len(ROI_PREFIX):].replace("_", "-"))
+            for name in ds.coords if str(name).startswith(ROI_PREFIX)}
+
+
+def roi_summary(ds: xr.Dataset, variable: str) -> pd.DataFrame:
+    """Return per ROI and over all vertices: count, median and mean of ``variable``.
+
+    Columns: ``roi_class``, ``roi``, ``n_vertices``, ``median``, ``mean``. The row with
+    ``roi_class == 'all'`` covers every vertex; its ``mean`` is the challenge-style score.
+    """
+    values = ds[variable].values
+    rows = [{"roi_class": "all", "roi": "all vertices", "n_vertices": values.size,
+             "median": float(np.median(values)), "mean": float(np.mean(values))}]
+    for coord, roi_class in roi_coords(ds).items():
+        labels = ds[coord].values.astype(str)
+        for roi in dict.fromkeys(labels):  # keeps first-seen order
+            if roi in ("", "Unknown"):
+                continue
+            sel = values[labels == roi]
+            rows.append({"roi_class": roi_class, "roi": roi, "n_vertices": sel.size,
+                         "median": float(np.median(sel)), "mean": float(np.mean(sel))})
+    return pd.DataFrame(rows)
+
+
+def summarize(results: Iterable[xr.Dataset], variable: str | None = None) -> pd.DataFrame:
+    """Return a long table of ROI summaries for many results (model, subject, ROI).
+
+    ``variable`` defaults to ``noise_normalized`` where every result has it, else ``pearson``.
+    """
+    results = list(results)
+    if variable is None:
+        variable = "noise_normalized" if all("noise_normalized" in r for r in results) else "pearson"
+    frames = []
+    for ds in results:
+        frame = roi_summary(ds, variable)
+        frame.insert(0, "subject", ds.attrs["subject"])
+        frame.insert(0, "model", ds.attrs["model"])
+        frames.append(frame)
+    table = pd.concat(frames, ignore_index=True)
+    table.attrs["variable"] = variable
+    return table
+
+
+def load_run(run_dir: str | Path) -> dict[tuple[str, str], xr.Dataset]:
+    """Return ``{(model, subject): scores Dataset}`` for every result of a run folder."""
+    run_dir = Path(run_dir)
+    found = {}
+    for path in sorted(run_dir.glob("models/*/*/scores.nc")):
+        ds = read_netcdf(path)
+        found[ds.attrs["model"], ds.attrs["subject"]] = ds
+    if not found:
+        raise FileNotFoundError(f"{run_dir}: no results (expected models/<model>/<subject>/scores.nc)")
+    return found

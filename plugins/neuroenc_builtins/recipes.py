@@ -1,0 +1,55 @@
+"""Model recipes: how components compose into an encoding model."""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from neuroenc import Component
+from neuroenc.config import BackboneRef, ComponentRef, MapperRef
+from neuroenc.features import extract_features
+
+
+class FrozenFeaturesParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    backbone: BackboneRef = Field(..., description="image backbone (its layers are concatenated)")
+    mapper: MapperRef = Field(default_factory=lambda: ComponentRef(name="ridge"),
+                              description="voxel mapper fitted on the frozen features")
+
+
+class FrozenFeaturesModel:
+    """Features of a frozen backbone (cached) -> a voxel mapper fitted per subject."""
+
+    def __init__(self, params: FrozenFeaturesParams, context):
+        self.context = context
+        self.backbone = context.build("image_backbone", params.backbone)
+        self.mapper = context.build("voxel_mapper", params.mapper)
+        self._features: dict[tuple[str, str], np.ndarray] = {}
+
+    def features(self, data, split: str) -> np.ndarray:
+        """Return the concatenated layer features of a split, shape (n_images, n_features)."""
+        if (data.subject, split) in self._features:  # fit and predict both need the train split
+            return self._features[data.subject, split]
+        images = data.train_images if split == "train" else data.test_images
+        layers = extract_features(self.backbone, images, self.context,
+                                  description=f"{data.subject} {split} features")
+        features = np.concatenate([np.asarray(f, dtype=np.float32) for f in layers.values()], axis=1)
+        self._features[data.subject, split] = features
+        return features
+
+    def fit(self, data, train_index: np.ndarray) -> None:
+        features = self.features(data, "train")[train_index]
+        responses = data.responses("train")[train_index]
+        self.mapper.fit(features, responses)
+
+    def predict(self, data, split: str, index: np.ndarray | None = None) -> np.ndarray:
+        features = self.features(data, split)
+        if index is not None:
+            features = features[index]
+        return np.asarray(self.mapper.predict(features), dtype=np.float32)
+
+
+COMPONENTS = [
+    Component("frozen-features", FrozenFeaturesModel, FrozenFeaturesParams,
+              "frozen image backbone features -> voxel mapper (e.g. the ridge baseline)"),
+]
