@@ -60,7 +60,10 @@ class UnknownComponentError(LookupError):
 
 def suggest(name: str, known: Iterable[str]) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest known name, or ``""``."""
-    close = difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.6)
+    known = list(known)
+    close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
+    if not close:  # an abbreviation: 'frozen' for 'frozen-features'
+        close = [k for k in known if str(name) and (k.startswith(str(name)) or str(name) in k)][:1]
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
@@ -104,7 +107,12 @@ class PluginManager:
             return False  # the same plugin named twice (e.g. entry point and registry)
         try:
             self.pm.register(plugin, name=name)
+            # A hookimpl whose name matches no hook is almost always a typo: say so now
+            # rather than silently never calling it.
+            self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
+            if self.pm.has_plugin(name):
+                self.pm.unregister(name=name)
             self._broken(f"plugin {name!r}: {exc}")
             return False
         self._versions[name] = version
@@ -163,7 +171,7 @@ class PluginManager:
     # -- components --------------------------------------------------------------------
     def plugin_names(self) -> list[str]:
         """Return the names of the registered plugins."""
-        return sorted(n for n, _ in self.pm.list_name_plugin())
+        return sorted(n for n, p in self.pm.list_name_plugin() if p is not None)
 
     def components(self, kind: str) -> dict[str, Component]:
         """Return ``{name: Component}`` for one kind, collected from every plugin."""

@@ -9,14 +9,17 @@ and ``pooling`` says how each layer's (C, H, W) map becomes a vector.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from neuroenc import Component
+
+if TYPE_CHECKING:  # torch is imported when a backbone is built, not when plugins load
+    import torch
 
 PACKAGE_PREFIX = "pkg://"
 
@@ -61,6 +64,8 @@ def resolve_checkpoint(path: str) -> Path:
 
 
 def _load_state_dict(model: torch.nn.Module, path: Path, remap: str) -> None:
+    import torch
+
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
@@ -106,6 +111,11 @@ class TimmBackbone:
         if not hasattr(self.module, "forward_intermediates"):
             raise ValueError(f"timm model {params.model_name!r} has no forward_intermediates(); "
                              "pick another model or write a backbone plugin for it")
+        if params.pooling == "cls" and (
+                "return_prefix_tokens" not in inspect.signature(self.module.forward_intermediates).parameters
+                or getattr(self.module, "num_prefix_tokens", 0) == 0):
+            raise ValueError(f"pooling 'cls' needs a model with a class token; "
+                             f"{params.model_name!r} has none (use avg, max or grid)")
         n_feat = len(self.module.feature_info)
         self.indices = sorted({i % n_feat for i in params.layers})
         bad = [i for i in params.layers if not -n_feat <= i < n_feat]
@@ -133,9 +143,6 @@ class TimmBackbone:
     def _pool(self, out) -> torch.Tensor:
         pooling = self.params.pooling
         if pooling == "cls":
-            if not isinstance(out, tuple) or out[1] is None or out[1].shape[1] == 0:
-                raise ValueError(f"pooling 'cls' needs a model with a class token; "
-                                 f"{self.params.model_name!r} has none")
             return out[1][:, 0]
         if out.ndim == 3:  # (B, L, C) token sequence
             return out.mean(1) if pooling != "max" else out.amax(1)
@@ -143,6 +150,8 @@ class TimmBackbone:
             return out.mean(dim=(2, 3))
         if pooling == "max":
             return out.amax(dim=(2, 3))
+        import torch
+
         g = self.params.grid_size
         return torch.nn.functional.adaptive_avg_pool2d(out, g).flatten(1)
 
