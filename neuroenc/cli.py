@@ -62,7 +62,7 @@ def run(
 ) -> None:
     """Train and score every model of REGISTRY_FILE on every subject; write a results folder."""
     from neuroenc.data.algonauts import DatasetError
-    from neuroenc.runner import format_summary, run_registry
+    from neuroenc.runner import run_registry
 
     registry, manager = _load(registry_file, strict, block)
     if device is not None:
@@ -73,8 +73,29 @@ def run(
     except (DatasetError, FileNotFoundError, RuntimeError, ValueError) as exc:
         _fail(exc)
     console.print()
-    console.print(format_summary(result.summary), highlight=False)
+    _print_summary(result.summary)
     console.print(f"\nresults: {result.run_dir}  ({result.timings['total']:.1f} s)")
+
+
+def _print_summary(summary) -> None:
+    from neuroenc.runner import challenge_means, summary_pivot
+
+    variable = summary.attrs.get("variable", "score")
+    pivot = summary_pivot(summary)
+    table = Table(title=f"median {variable} per ROI", title_justify="left")
+    table.add_column("ROI class", no_wrap=True)
+    table.add_column("ROI", no_wrap=True)
+    for model, subject in pivot.columns:
+        table.add_column(f"{model}\n{subject}", justify="right", overflow="fold")
+    previous = None
+    for (roi_class, roi), row in pivot.iterrows():
+        table.add_row(roi_class if roi_class != previous else "", roi,
+                      *(f"{v:.1f}" for v in row.values), end_section=roi_class == "all")
+        previous = roi_class
+    console.print(table)
+    console.print(f"challenge-style mean {variable} over all vertices of all subjects:")
+    for model, value in challenge_means(summary).items():
+        console.print(f"  {model}: [bold]{value:.2f}[/]")
 
 
 @app.command()
@@ -105,17 +126,20 @@ def plugins(
         _, manager = _load(registry_file, strict, block)
     else:
         manager = _manager(strict, block)
-    table = Table(title="neuroenc components", show_lines=False)
-    for column in ("kind", "name", "provider", "version", "parameters", "description"):
-        table.add_column(column, overflow="fold")
+    table = Table(title="neuroenc components", show_lines=True)
+    table.add_column("kind", style="bold", no_wrap=True)
+    table.add_column("name", style="cyan", no_wrap=True)
+    table.add_column("provider (version)", no_wrap=True)
+    table.add_column("description; parameters = defaults", overflow="fold", ratio=1)
     for kind in KINDS:
         try:
             components = manager.components(kind)
         except PluginError as exc:
             _fail(exc)
         for name, comp in sorted(components.items()):
-            params = ", ".join(f"{k}={_default(f)}" for k, f in comp.params.model_fields.items())
-            table.add_row(kind, name, comp.provider, comp.version, params or "-", comp.description)
+            params = "\n".join(f"  {k} = {_default(f)}" for k, f in comp.params.model_fields.items())
+            table.add_row(kind, name, f"{comp.provider} ({comp.version or '?'})",
+                          comp.description + ("\n" + params if params else ""))
     console.print(table)
 
 
@@ -123,8 +147,11 @@ def _default(field) -> str:
     if field.is_required():
         return "<required>"
     value = field.get_default(call_default_factory=True)
-    text = repr(value.name if hasattr(value, "name") and hasattr(value, "params") else value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    if hasattr(value, "name") and hasattr(value, "params"):  # a ComponentRef
+        value = value.name
+    if isinstance(value, list) and len(value) > 4:
+        return f"[{value[0]!r}, ..., {value[-1]!r}] ({len(value)} values)"
+    return repr(value)
 
 
 @app.command("demo-data")

@@ -65,12 +65,16 @@ def package_versions() -> dict[str, str]:
 
 
 def _git_commit() -> str | None:
+    """Return the commit of a neuroenc source checkout, marked '+dirty' if it has changes."""
     here = Path(__file__).resolve().parent
     try:
-        return subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
-                              text=True, timeout=5, check=True).stdout.strip() or None
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--", "."],
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
+    return f"{commit}+dirty" if dirty else commit or None
 
 
 def _device_description(device: str) -> str:
@@ -248,6 +252,19 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
     return RunResult(run_dir=run_dir, summary=summary, timings=timings)
 
 
+def summary_pivot(summary: pd.DataFrame) -> pd.DataFrame:
+    """Return median per ROI (rows: ROI class, ROI) for each (model, subject) column."""
+    return summary.pivot_table(index=["roi_class", "roi"], columns=["model", "subject"],
+                               values="median", sort=False)
+
+
+def challenge_means(summary: pd.DataFrame) -> pd.Series:
+    """Return per model the mean over every vertex of every subject (the challenge score)."""
+    overall = summary[summary.roi_class == "all"]
+    return overall.groupby("model", sort=False).apply(
+        lambda g: float(np.average(g["mean"], weights=g["n_vertices"])), include_groups=False)
+
+
 def format_summary(summary: pd.DataFrame) -> str:
     """Return the summary as a plain-text table: ROI rows, model/subject columns (medians).
 
@@ -255,15 +272,11 @@ def format_summary(summary: pd.DataFrame) -> str:
     subjects (both hemispheres).
     """
     variable = summary.attrs.get("variable", "score")
-    table = summary.pivot_table(index=["roi_class", "roi"], columns=["model", "subject"],
-                                values="median", sort=False)
+    table = summary_pivot(summary)
     table.columns = [f"{m} {s}" for m, s in table.columns]
     lines = [f"median {variable} per ROI (rows) for each model and subject (columns)",
              table.round(2).to_string()]
-    overall = summary[summary.roi_class == "all"]
-    # challenge-style: the mean over every vertex of every subject, so weight by vertex count
-    challenge = overall.groupby("model", sort=False).apply(
-        lambda g: float(np.average(g["mean"], weights=g["n_vertices"])), include_groups=False)
+    challenge = challenge_means(summary)
     lines.append("")
     lines.append(f"challenge-style mean {variable} over all vertices of all subjects:")
     lines.extend(f"  {model}: {value:.2f}" for model, value in challenge.items())
