@@ -74,6 +74,12 @@ def run(
         _fail(exc)
     console.print()
     _print_summary(result.summary)
+    if result.sweep is not None:
+        from neuroenc.runner import format_sweep
+
+        console.print()
+        console.print(format_sweep(result.sweep, result.summary.attrs["variable"]), highlight=False,
+                      soft_wrap=True)
     console.print(f"\nresults: {result.run_dir}  ({result.timings['total']:.1f} s)")
 
 

@@ -12,6 +12,10 @@ with its YAML path, the bad value and the valid choices::
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import itertools
+import json
 import os
 import typing
 from pathlib import Path
@@ -113,14 +117,98 @@ class OutputConfig(_Strict):
 
 
 class ModelConfig(BaseModel):
-    """One encoding model: a recipe and its parameters (validated by the recipe)."""
+    """One encoding model: a recipe and its parameters (validated by the recipe).
+
+    ``sweep`` maps dotted parameter paths to lists of values, e.g.
+    ``{"alignment.weight": [0, 0.01, 0.1]}``; the model then runs once per point of the
+    grid (the Cartesian product of all lists), as models named ``<name>@<path>=<value>``.
+    """
 
     model_config = ConfigDict(extra="allow")
     recipe: str
+    sweep: dict[str, list[Any]] = Field(default_factory=dict)
+
+    @field_validator("sweep")
+    @classmethod
+    def _non_empty(cls, sweep: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in sweep.items():
+            if not values:
+                raise ValueError(f"sweep over {key!r} has no values")
+        return sweep
 
     @property
     def params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelVariant:
+    """One model to run: a registry model, or one point of its sweep."""
+
+    name: str                      # 'llm-vem@alignment.weight=0.1' (or the model's own name)
+    base: str                      # the registry's model name
+    recipe: str
+    params: dict[str, Any]         # the recipe's params with the sweep point applied
+    point: dict[str, Any]          # {dotted path: value}; empty without a sweep
+
+
+def set_dotted(params: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """Return a deep copy of ``params`` with ``path`` ('alignment.weight', 'stages.0.lr') set.
+
+    A component given by name only (``alignment: contrastive``) becomes a mapping first.
+
+    Raises
+    ------
+    KeyError
+        When the path runs through something that is neither a mapping nor a list.
+    """
+    out = copy.deepcopy(params)
+    node: Any = out
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise KeyError(f"{'.'.join(parts[:i + 1])}: no list item {part!r} "
+                               f"(the list has {len(node)})")
+            if last:
+                node[int(part)] = value
+            else:
+                if isinstance(node[int(part)], str):
+                    node[int(part)] = {"name": node[int(part)]}
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                child = node.get(part)
+                if child is None or isinstance(child, str):
+                    child = {"name": child} if isinstance(child, str) else {}
+                    node[part] = child
+                node = child
+        else:
+            raise KeyError(f"{'.'.join(parts[:i])}: is {node!r}, not a mapping or list")
+    return out
+
+
+def _format_value(value: Any) -> str:
+    return json.dumps(value) if not isinstance(value, str) else value
+
+
+def expand_model(name: str, model: ModelConfig) -> list[ModelVariant]:
+    """Return the variants of one registry model: itself, or one per point of its sweep."""
+    if not model.sweep:
+        return [ModelVariant(name, name, model.recipe, model.params, {})]
+    keys = list(model.sweep)
+    variants = []
+    for values in itertools.product(*(model.sweep[k] for k in keys)):
+        params = model.params
+        for key, value in zip(keys, values):
+            params = set_dotted(params, key, value)
+        point = dict(zip(keys, values))
+        label = ",".join(f"{k}={_format_value(v)}" for k, v in point.items())
+        variants.append(ModelVariant(f"{name}@{label}", name, model.recipe, params, point))
+    return variants
 
 
 class Registry(_Strict):
@@ -139,6 +227,10 @@ class Registry(_Strict):
 
     #: the file this registry was read from (not a YAML key)
     source: Path | None = Field(None, exclude=True)
+
+    def variants(self) -> list[ModelVariant]:
+        """Return every model to run, sweeps expanded, in registry order."""
+        return [v for name, model in self.models.items() for v in expand_model(name, model)]
 
     @property
     def base_dir(self) -> Path:
@@ -300,13 +392,25 @@ def resolve_registry(registry: Registry, manager: PluginManager) -> Registry:
             problems.append((f"{base}.recipe", str(exc)))
             continue
         try:
-            params = recipe.params.model_validate(model.params)
-        except ValidationError as exc:
-            problems.extend(_unknown_key_hint(_pydantic_problems(exc, base), recipe.params))
+            variants = expand_model(model_name, model)
+        except KeyError as exc:
+            problems.append((f"{base}.sweep", f"cannot apply the sweep: {exc.args[0]}"))
             continue
-        for field_name, kind in recipe_slots(recipe.params).items():
-            _check_component(manager, kind, getattr(params, field_name), f"{base}.{field_name}",
-                             problems)
+        for variant in variants:
+            before = len(problems)
+            try:
+                params = recipe.params.model_validate(variant.params)
+            except ValidationError as exc:
+                problems.extend(_unknown_key_hint(_pydantic_problems(exc, base), recipe.params))
+            else:
+                for field_name, kind in recipe_slots(recipe.params).items():
+                    _check_component(manager, kind, getattr(params, field_name),
+                                     f"{base}.{field_name}", problems)
+            if len(problems) > before:
+                if variant.point:
+                    problems[before:] = [(path, f"{msg} (sweep point {variant.point})")
+                                         for path, msg in problems[before:]]
+                break  # one failing point says enough; the others fail the same way
     if problems:
         raise RegistryError(source, problems)
     return registry

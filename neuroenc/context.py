@@ -83,9 +83,12 @@ class RunContext:
 
     @contextlib.contextmanager
     def progress(self, description: str, total: int | None) -> Iterator[Any]:
-        """Yield an ``advance(n)`` callable that drives a rich progress bar."""
+        """Yield ``advance(n=1, description=None)``, which drives a rich progress bar.
+
+        ``description`` replaces the bar's text (e.g. to show the running loss).
+        """
         if not self.show_progress:
-            yield lambda n=1: None
+            yield lambda n=1, description=None: None
             return
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                    TimeElapsedColumn, TimeRemainingColumn)
@@ -94,4 +97,6 @@ class RunContext:
                    TimeElapsedColumn(), TimeRemainingColumn()]
         with Progress(*columns, transient=True) as bar:
             task = bar.add_task(description, total=total)
-            yield lambda n=1: bar.advance(task, n)
+            def advance(n: int = 1, description: str | None = None) -> None:
+                bar.update(task, advance=n, **({"description": description} if description else {}))
+            yield advance

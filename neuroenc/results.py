@@ -30,7 +30,9 @@ __all__ = [
     "export_submission",
     "roi_coords",
     "roi_summary",
+    "roi_class_summary",
     "summarize",
+    "combine_sweep",
     "load_run",
 ]
 
@@ -166,6 +168,47 @@ def roi_summary(ds: xr.Dataset, variable: str) -> pd.DataFrame:
             rows.append({"roi_class": roi_class, "roi": roi, "n_vertices": sel.size,
                          "median": float(np.median(sel)), "mean": float(np.mean(sel))})
     return pd.DataFrame(rows)
+
+
+def roi_class_summary(ds: xr.Dataset, variable: str) -> pd.DataFrame:
+    """Return per ROI class (all its ROIs pooled) and over all vertices: count and median.
+
+    Columns: ``roi_class``, ``n_vertices``, ``median``, ``mean``.
+    """
+    values = ds[variable].values
+    rows = [{"roi_class": "all", "n_vertices": values.size, "median": float(np.median(values)),
+             "mean": float(np.mean(values))}]
+    for coord, roi_class in roi_coords(ds).items():
+        inside = ~np.isin(ds[coord].values.astype(str), ("", "Unknown"))
+        if inside.any():
+            sel = values[inside]
+            rows.append({"roi_class": roi_class, "n_vertices": int(inside.sum()),
+                         "median": float(np.median(sel)), "mean": float(np.mean(sel))})
+    return pd.DataFrame(rows)
+
+
+def combine_sweep(results: Sequence[xr.Dataset], points: Sequence[Mapping[str, Any]],
+                  model: str) -> xr.Dataset:
+    """Return one subject's sweep results stacked along a named dimension.
+
+    With one swept parameter the dimension is named after it (dots become underscores,
+    ``alignment.weight`` -> ``alignment_weight``) with the values as coordinate; with
+    several it is ``sweep_point`` with one coordinate per parameter.
+    """
+    if len(results) != len(points) or not results:
+        raise ValueError(f"{len(results)} results for {len(points)} sweep points")
+    keys = list(points[0])
+    names = {k: k.replace(".", "_") for k in keys}
+    dim = names[keys[0]] if len(keys) == 1 else "sweep_point"
+    shared = [v for v in ("noise_ceiling",) if v in results[0]]
+    stacked = xr.concat([r.drop_vars(shared) for r in results], dim=dim,
+                        combine_attrs="drop_conflicts")
+    for key in keys:
+        stacked = stacked.assign_coords({names[key]: (dim, [p[key] for p in points])})
+    for var in shared:
+        stacked[var] = results[0][var]
+    stacked.attrs.update(model=model, sweep_parameters=json.dumps(keys))
+    return stacked
 
 
 def summarize(results: Iterable[xr.Dataset], variable: str | None = None) -> pd.DataFrame:

@@ -34,8 +34,8 @@ from neuroenc.config import Registry, default_cache_dir
 from neuroenc.context import RunContext, resolve_device, seed_everything
 from neuroenc.data.algonauts import DatasetError, subject_id
 from neuroenc.plugins import PluginManager
-from neuroenc.results import (export_submission, predictions_dataset, result_dataset, summarize,
-                              write_netcdf)
+from neuroenc.results import (combine_sweep, export_submission, predictions_dataset,
+                              result_dataset, roi_class_summary, summarize, write_netcdf)
 
 __all__ = ["RunResult", "run_registry", "package_versions", "format_summary"]
 
@@ -51,6 +51,7 @@ class RunResult:
     run_dir: Path
     summary: pd.DataFrame
     timings: dict[str, float] = field(default_factory=dict)
+    sweep: pd.DataFrame | None = None
 
 
 def package_versions() -> dict[str, str]:
@@ -203,10 +204,12 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
         log(f"{subject}: {len(train_index)} training images, {len(eval_index)} scored on the "
             f"{split} split, {measured.shape[1]} vertices ({data.fsaverage_mesh})")
 
-        for model_name, model_cfg in registry.models.items():
+        sweeps: dict[str, list[tuple[dict, object]]] = {}
+        for variant in registry.variants():
+            model_name = variant.name
             t0 = time.perf_counter()
             seed_everything(registry.seed)
-            model = context.build("recipe", {"name": model_cfg.recipe, **model_cfg.params})
+            model = context.build("recipe", {"name": variant.recipe, **variant.params})
             model.fit(data, train_index)
             eval_split = "test" if split == "test" else "train"
             predicted = model.predict(data, eval_split, None if split == "test" else eval_index)
@@ -225,7 +228,9 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
                 attrs={"dataset": registry.dataset.kind, "split": split,
                        "n_train_images": len(train_index), "n_scored_images": len(eval_index),
                        "fsaverage_mesh": data.fsaverage_mesh, "seed": registry.seed,
-                       "device": device, "model_config": config["models"][model_name],
+                       "device": device, "model_config": {"recipe": variant.recipe, **variant.params},
+                       "sweep_base": variant.base, "sweep_point": variant.point,
+                       "training_history": getattr(model, "history", None) or [],
                        "versions": environment["versions"]})
             write_netcdf(ds, folder / "scores.nc")
             write_netcdf(predictions_dataset(
@@ -236,20 +241,62 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
             export_submission(test_predictions, data.n_vertices,
                               run_dir / "submission" / model_name / subject)
             results.append(ds)
+            if variant.point:
+                sweeps.setdefault(variant.base, []).append((variant.point, ds))
             timings[f"{subject}/{model_name}"] = time.perf_counter() - t0
             log(f"{subject} {model_name}: done in {timings[f'{subject}/{model_name}']:.1f} s")
+        for base, entries in sweeps.items():
+            write_netcdf(combine_sweep([ds for _, ds in entries], [p for p, _ in entries], base),
+                         run_dir / "models" / base / subject / "sweep.nc")
 
     summary = summarize(results)
+    sweep_table = sweep_summary(results, summary.attrs["variable"])
     with atomic_path(run_dir / "summary.csv") as tmp:
         summary.to_csv(tmp, index=False)
+    if sweep_table is not None:
+        with atomic_path(run_dir / "sweep_summary.csv") as tmp:
+            sweep_table.to_csv(tmp)
     with atomic_path(run_dir / "summary.txt") as tmp:
-        tmp.write_text(format_summary(summary) + "\n")
+        text = format_summary(summary)
+        if sweep_table is not None:
+            text += "\n\n" + format_sweep(sweep_table, summary.attrs["variable"])
+        tmp.write_text(text + "\n")
     timings["total"] = time.perf_counter() - t_start
     environment["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     environment["finished"] = _dt.datetime.now().isoformat(timespec="seconds")
     write_json_atomic(run_dir / "environment.json", environment)
     _point_latest(run_dir)
-    return RunResult(run_dir=run_dir, summary=summary, timings=timings)
+    return RunResult(run_dir=run_dir, summary=summary, timings=timings, sweep=sweep_table)
+
+
+def sweep_summary(results: list, variable: str) -> pd.DataFrame | None:
+    """Return per swept model and point: the median per ROI class, averaged over subjects.
+
+    Rows are ``(model, point)``; columns ROI classes plus ``all (mean)``, the
+    challenge-style mean over all vertices. None when the run has no sweep.
+    """
+    rows = []
+    for ds in results:
+        point = json.loads(ds.attrs.get("sweep_point", "{}") or "{}")
+        if not point:
+            continue
+        label = ", ".join(f"{k}={v}" for k, v in point.items())
+        for rec in roi_class_summary(ds, variable).to_dict("records"):
+            value = rec["mean"] if rec["roi_class"] == "all" else rec["median"]
+            column = "all (mean)" if rec["roi_class"] == "all" else rec["roi_class"]
+            rows.append({"model": ds.attrs["sweep_base"], "point": label,
+                         "subject": ds.attrs["subject"], "column": column, "value": value})
+    if not rows:
+        return None
+    table = pd.DataFrame(rows).pivot_table(index=["model", "point"], columns="column",
+                                           values="value", aggfunc="mean", sort=False)
+    return table[["all (mean)"] + [c for c in table.columns if c != "all (mean)"]]
+
+
+def format_sweep(table: pd.DataFrame, variable: str) -> str:
+    """Return the sweep table as text."""
+    return (f"sweeps: median {variable} per ROI class (mean over subjects); "
+            f"'all (mean)' = challenge-style mean\n" + table.round(2).to_string())
 
 
 def summary_pivot(summary: pd.DataFrame) -> pd.DataFrame:

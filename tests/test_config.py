@@ -52,7 +52,7 @@ def test_unknown_backbone_names_path_value_and_suggestion(tmp_path, manager):
     err = _problems(tmp_path, VALID.replace("name: timm", "name: timmm"), manager)
     msg = str(err)
     assert "registry.yaml: models.ridge.backbone.name: unknown image backbone 'timmm'" in msg
-    assert "known: timm" in msg and "(did you mean 'timm'?)" in msg
+    assert "known: eva02, timm" in msg and "(did you mean 'timm'?)" in msg
 
 
 def test_bad_component_parameter_is_reported_with_its_path(tmp_path, manager):

@@ -138,14 +138,16 @@ def test_broken_entry_point_warns_and_builtins_still_load(monkeypatch):
 
 def test_blocked_plugin_is_not_loaded():
     pm = PluginManager(blocked=["builtins"])
-    assert "builtins" not in pm.plugin_names()
-    assert pm.components("image_backbone") == {}
+    assert "builtins" not in pm.plugin_names() and "llm-vem" in pm.plugin_names()
+    assert "timm" not in pm.components("image_backbone")
+    assert "eva02" in pm.components("image_backbone")
+    assert PluginManager(blocked=["builtins", "llm-vem"]).components("image_backbone") == {}
 
 
 def test_unknown_component_suggests_the_closest_name(manager):
     with pytest.raises(UnknownComponentError) as exc:
         manager.get("image_backbone", "timmm")
-    assert "known: timm" in str(exc.value) and "did you mean 'timm'?" in str(exc.value)
+    assert "known: eva02, timm" in str(exc.value) and "did you mean 'timm'?" in str(exc.value)
 
 
 def test_hookimpl_with_a_typo_in_the_hook_name_is_rejected():

@@ -37,13 +37,16 @@ class TimmParams(BaseModel):
         "none", description="'by-order' maps a state dict of another implementation of the same "
         "architecture onto timm's, tensor by tensor in order, checking every shape")
     image_size: int | None = Field(None, ge=16, description="input resolution; None: the model's")
+    model_kwargs: dict = Field(default_factory=dict, description="extra timm.create_model "
+                               "arguments, e.g. {depth: 4} for a small random-weight model")
     crop_pct: float = Field(1.0, gt=0, le=1, description="centre-crop fraction; 1.0 keeps the "
                             "whole image, whose periphery early visual cortex responds to")
     layers: list[int] = Field(default_factory=lambda: [-1], description="forward_intermediates "
                               "indices into the model's feature_info (negative: from the end)")
-    pooling: Literal["avg", "max", "grid", "cls"] = Field(
+    pooling: Literal["avg", "max", "grid", "cls", "all"] = Field(
         "avg", description="avg / max over space, 'grid' = average over a grid_size x grid_size "
-        "grid then flatten (keeps coarse retinotopy), 'cls' = class token (ViTs)")
+        "grid then flatten (keeps coarse retinotopy), 'cls' = class token (ViTs), 'all' = every "
+        "token / position as (batch, n_tokens, channels), for trainable heads")
     grid_size: int = Field(2, ge=1)
 
 
@@ -89,7 +92,7 @@ class TimmBackbone:
         import timm
 
         self.params = params
-        kwargs = {}
+        kwargs = dict(params.model_kwargs)
         if params.image_size is not None and _is_vit_like(params.model_name):
             kwargs["img_size"] = params.image_size  # ViTs resize their position embeddings
         use_hub = params.pretrained and params.checkpoint_path is None
@@ -144,6 +147,8 @@ class TimmBackbone:
         pooling = self.params.pooling
         if pooling == "cls":
             return out[1][:, 0]
+        if pooling == "all":  # (B, C, H, W) -> (B, H*W, C); a (B, L, C) sequence as it is
+            return out.flatten(2).transpose(1, 2) if out.ndim == 4 else out
         if out.ndim == 3:  # (B, L, C) token sequence
             return out.mean(1) if pooling != "max" else out.amax(1)
         if pooling == "avg":
@@ -166,6 +171,7 @@ class TimmBackbone:
         return {
             "component": "timm",
             "model_name": self.params.model_name,
+            "model_kwargs": self.params.model_kwargs,
             "pretrained": self.params.pretrained and self.checkpoint is None,
             "checkpoint": ckpt,
             "timm_version": timm.__version__,

@@ -1,0 +1,420 @@
+"""The ``llm-vem`` recipe: a two-stage trainer for image backbone + voxel head + alignment.
+
+Per subject:
+
+1. captions of the training images (captioner, cached) -> text embeddings (text encoder,
+   cached); skipped when there is no alignment loss or its weight is 0;
+2. a head (``voxel_mapper`` with ``build_module``, e.g. ``pca-head``) is built on the
+   backbone's layer shapes, its PCA layer fitted on the training responses;
+3. stages run in order (registry: ``stages:``), each training the parameters its
+   ``train`` patterns select, with AdamW, linear warm-up then cosine decay, optional
+   RandomResizedCrop, mixed precision on CUDA, validation on a held-out part of the
+   training images after every epoch, early stopping, and a checkpoint after every
+   epoch; the best epoch's weights are kept at the end of a stage;
+4. loss = MSE(predicted, measured responses) + lambda * alignment(projection(shared
+   representation), text embedding).
+
+A stage that trains no backbone parameter and has no augmentation runs on cached backbone
+features (neuroenc.features), which makes the head stage cheap; later stages run full
+forward passes. Training resumes from the last checkpoint after an interruption, and a
+finished training is reused, under a key that covers the recipe's params, the subject's
+data, the training images and the seed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fnmatch
+import math
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from neuroenc import Component
+from neuroenc.cache import atomic_path, hash_files, stable_hash
+from neuroenc.config import (AlignmentLossRef, BackboneRef, CaptionerRef, ComponentRef, MapperRef,
+                             TextEncoderRef)
+from neuroenc.context import seed_everything
+from neuroenc.features import ImageFolderDataset, extract_features
+from neuroenc.records import Slot
+
+HEAD_PATTERNS = ("head.*", "projection.*", "alignment.*")
+
+
+class StageConfig(BaseModel):
+    """One training stage: what trains, for how long, how fast."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(..., description="label shown in progress bars and the history")
+    train: list[str] = Field(..., min_length=1, description="'head' (head, projection, "
+                             "temperature), 'backbone' (all of it), or glob patterns over "
+                             "parameter names, e.g. 'backbone.blocks.*.attn.*'")
+    epochs: int = Field(..., ge=1)
+    lr: float = Field(..., gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up, then cosine decay to 0")
+    batch_size: int | None = Field(None, ge=2, description="default: compute.batch_size")
+    min_crop_scale: float = Field(1.0, gt=0, le=1, description="RandomResizedCrop scale lower "
+                                  "bound (square crops, no flips: flips swap hemifields); 1 = off")
+
+
+def _default_stages() -> list[StageConfig]:
+    # BlobGPT's schedule (REFERENCE.md section 1); the paper says only "two stages".
+    return [
+        StageConfig(name="head", train=["head"], epochs=40, lr=6e-4, weight_decay=0.8,
+                    warmup_epochs=2, min_crop_scale=0.8),
+        StageConfig(name="finetune", train=["head", "backbone.blocks.*.attn.*"], epochs=6,
+                    lr=1e-5, weight_decay=0.05, warmup_epochs=1, min_crop_scale=0.8),
+    ]
+
+
+class LLMVEMParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    backbone: BackboneRef = Field(default_factory=lambda: ComponentRef(name="eva02"))
+    mapper: MapperRef = Field(default_factory=lambda: ComponentRef(name="pca-head"),
+                              description="a trainable head (has build_module), e.g. pca-head")
+    captioner: Annotated[ComponentRef | None, Slot("captioner")] = Field(
+        default_factory=lambda: ComponentRef(name="minigpt4"))
+    text_encoder: Annotated[ComponentRef | None, Slot("text_encoder")] = Field(
+        default_factory=lambda: ComponentRef(name="clip"))
+    alignment: Annotated[ComponentRef | None, Slot("alignment_loss")] = Field(
+        default_factory=lambda: ComponentRef(name="contrastive"),
+        description="null: no alignment (the ablation); weight 0 is the same model")
+    stages: list[StageConfig] = Field(default_factory=_default_stages, min_length=1)
+    validation_fraction: float = Field(0.1, gt=0, lt=1, description="training images held out "
+                                       "for early stopping and best-epoch selection")
+    validation_metric: Literal["median_r2", "median_pearson"] = "median_r2"
+    early_stopping_patience: int | None = Field(5, ge=1, description="epochs without improvement "
+                                                "before a stage stops; null: never")
+    grad_clip: float | None = Field(1.0, gt=0)
+    amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
+    resume: bool = Field(True, description="resume from / reuse checkpoints of the same training")
+
+    @model_validator(mode="after")
+    def _alignment_needs_text(self):
+        if self.alignment is not None and (self.captioner is None or self.text_encoder is None):
+            raise ValueError("alignment needs a captioner and a text_encoder (or set alignment: null)")
+        return self
+
+
+class _Net(nn.Module):
+    """Every trainable part under one module, so stage patterns address them by name."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, projection: nn.Module | None,
+                 alignment: nn.Module | None):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.projection = projection
+        self.alignment = alignment
+
+
+def _cosine_with_warmup(total_steps: int, warmup_steps: int):
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def _validation_score(measured: np.ndarray, predicted: np.ndarray, metric: str) -> float:
+    from neuroenc.metrics import pearson_r, r2_score
+
+    values = r2_score(measured, predicted) if metric == "median_r2" else pearson_r(measured, predicted)
+    return float(np.median(values))
+
+
+class LLMVEMModel:
+    """Fits and predicts one subject with the LLM-VEM two-stage training."""
+
+    def __init__(self, params: LLMVEMParams, context):
+        self.params = params
+        self.context = context
+        self.device = torch.device(context.device)
+        self.history: list[dict] = []
+        self.net: _Net | None = None
+        self.backbone = None
+        self._cached_features: dict[str, list[np.ndarray]] = {}
+        # building a loss draws no random numbers, so it can happen before seeding
+        self.alignment_loss = (context.build("alignment_loss", params.alignment)
+                               if params.alignment is not None else None)
+        self.alignment_weight = float(getattr(self.alignment_loss, "weight", 1.0)) \
+            if self.alignment_loss is not None else 0.0
+
+    # -- data ---------------------------------------------------------------------------
+    def _text_embeddings(self, images: list[Path]) -> np.ndarray:
+        from neuroenc.captions import caption_images
+        from neuroenc.text_features import encode_texts
+
+        captioner = self.context.build("captioner", self.params.captioner)
+        captions = caption_images(captioner, images, self.context, description="captions")
+        del captioner  # a VLM can be large; free it before training
+        encoder = self.context.build("text_encoder", self.params.text_encoder)
+        return np.asarray(encode_texts(encoder, captions, self.context), np.float32)
+
+    def _layer_features(self, data, split: str, index: np.ndarray) -> list[torch.Tensor]:
+        """Frozen backbone features of ``index`` from the on-disk cache, per layer."""
+        if split not in self._cached_features:
+            images = data.train_images if split == "train" else data.test_images
+            layers = extract_features(self.backbone, images, self.context,
+                                      description=f"{data.subject} {split} features")
+            self._cached_features[split] = list(layers.values())
+        return [torch.from_numpy(np.asarray(f[index])).view(len(index), *shape)
+                for f, shape in zip(self._cached_features[split], self.layer_shapes)]
+
+    def _loader(self, images: list[Path], batches: list[torch.Tensor]):
+        """Return a DataLoader yielding exactly ``batches`` (index tensors into ``images``)."""
+        dataset = ImageFolderDataset(images, self.backbone.preprocess)
+        return torch.utils.data.DataLoader(
+            dataset, batch_sampler=[b.tolist() for b in batches],
+            num_workers=self.context.num_workers, pin_memory=self.device.type == "cuda")
+
+    # -- training -----------------------------------------------------------------------
+    def _checkpoint_path(self, data, train_index: np.ndarray) -> Path:
+        fmri = [data._fmri_files[("train", h)] for h in ("lh", "rh")]
+        key = stable_hash({
+            "recipe": "llm-vem", "params": self.params.model_dump(mode="json"),
+            "subject": data.subject, "fmri": [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in fmri],
+            "images": hash_files(data.train_images), "train_index": stable_hash(train_index.tolist()),
+            "seed": self.context.seed, "torch": torch.__version__,
+        }, length=24)
+        return self.context.cache_dir / "training" / f"{data.subject}-{key}.pt"
+
+    def fit(self, data, train_index: np.ndarray) -> None:
+        p = self.params
+        ctx = self.context
+        rng = np.random.default_rng(ctx.seed)
+        n_val = max(2, int(round(p.validation_fraction * len(train_index))))
+        perm = rng.permutation(len(train_index))
+        val_index = np.sort(train_index[perm[:n_val]])
+        fit_index = np.sort(train_index[perm[n_val:]])
+        responses = data.responses("train")
+
+        text = None
+        if self.alignment_weight > 0:
+            embeddings = self._text_embeddings([data.train_images[i] for i in train_index])
+            lookup = {int(i): row for i, row in zip(train_index, range(len(train_index)))}
+            text = torch.from_numpy(embeddings[[lookup[int(i)] for i in fit_index]])
+
+        # Everything below draws from the seeded RNG in the same order with or without
+        # alignment, so lambda = 0 trains exactly the model without alignment.
+        seed_everything(ctx.seed)
+        self.backbone = ctx.build("image_backbone", p.backbone)
+        mapper = ctx.build("voxel_mapper", p.mapper)
+        if not hasattr(mapper, "build_module"):
+            raise ValueError(f"llm-vem: voxel mapper {p.mapper.name!r} cannot be trained end to "
+                             "end (it has no build_module); use pca-head")
+        probe = self.backbone.preprocess(_blank_image())[None]
+        with torch.inference_mode():
+            shapes = [tuple(v.shape[1:]) for v in self.backbone.forward_features(probe).values()]
+        self.layer_shapes = shapes
+        head = mapper.build_module(shapes, responses[fit_index], list(data.n_vertices.values()))
+        projection = alignment = None
+        if text is not None:
+            with torch.random.fork_rng(devices=[]):  # leave the global RNG stream untouched
+                projection = nn.Linear(head.shared_dim, text.shape[1])
+            alignment = self.alignment_loss
+        self.net = _Net(self.backbone.module, head, projection, alignment).to(self.device)
+
+        ckpt_path = self._checkpoint_path(data, train_index)
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False) \
+            if p.resume and ckpt_path.is_file() else None
+        if state is not None and state.get("complete"):
+            self.net.load_state_dict(state["net"])
+            self.history = state["history"]
+            self.net.eval()
+            return
+
+        measured_val = np.asarray(responses[val_index], np.float32)
+        targets = torch.from_numpy(np.asarray(responses[fit_index], np.float32))
+        backbone_trained = False
+        for stage_no, stage in enumerate(p.stages):
+            if state is not None and stage_no < state["stage"]:
+                backbone_trained |= self._trains_backbone(stage)
+                continue
+            resume = state if state is not None and stage_no == state["stage"] else None
+            self._run_stage(stage_no, stage, data, fit_index, val_index, targets, measured_val,
+                            text, backbone_trained, ckpt_path, resume)
+            backbone_trained |= self._trains_backbone(stage)
+            state = None
+        self.net.eval()
+        self._save(ckpt_path, {"complete": True, "net": self.net.state_dict(),
+                               "history": self.history})
+
+    def _trains_backbone(self, stage: StageConfig) -> bool:
+        return any(self._selected(name, stage) for name, _ in self.net.backbone.named_parameters(prefix="backbone"))
+
+    @staticmethod
+    def _selected(name: str, stage: StageConfig) -> bool:
+        for pattern in stage.train:
+            patterns = {"head": HEAD_PATTERNS, "backbone": ("backbone.*",)}.get(pattern, (pattern,))
+            if any(fnmatch.fnmatchcase(name, pat) for pat in patterns):
+                return True
+        return False
+
+    def _run_stage(self, stage_no, stage, data, fit_index, val_index, targets, measured_val, text,
+                   backbone_trained, ckpt_path, resume):
+        ctx, p, net = self.context, self.params, self.net
+        frozen_pca = {n for n, q in net.named_parameters() if n.startswith("head.pca.")
+                      and getattr(net.head, "freeze_pca", True)}
+        trainable = []
+        for name, param in net.named_parameters():
+            on = self._selected(name, stage) and name not in frozen_pca
+            param.requires_grad_(on)
+            if on:
+                trainable.append(param)
+        if not trainable:
+            raise ValueError(f"llm-vem stage {stage.name!r}: train patterns {stage.train} select no "
+                             "parameter; parameter names start with backbone., head., projection.")
+        train_backbone = self._trains_backbone(stage)
+        # cached frozen features are valid only for the backbone as built, never after fine-tuning
+        frozen_features_valid = not train_backbone and not backbone_trained
+        use_cache = frozen_features_valid and stage.min_crop_scale == 1.0
+        batch_size = stage.batch_size or ctx.batch_size
+        n_fit = len(fit_index)
+        steps_per_epoch = max(1, n_fit // batch_size) if n_fit > batch_size else 1
+        optimizer = torch.optim.AdamW(trainable, lr=stage.lr, weight_decay=stage.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine_with_warmup(
+            stage.epochs * steps_per_epoch, int(stage.warmup_epochs * steps_per_epoch)))
+        amp = p.amp and self.device.type == "cuda"
+        amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+        scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
+        augment = None
+        if stage.min_crop_scale < 1.0:
+            from torchvision.transforms import v2
+            size = self.backbone.preprocess(_blank_image()).shape[-1]
+            augment = v2.RandomResizedCrop(size, scale=(stage.min_crop_scale, 1.0), ratio=(1.0, 1.0),
+                                           antialias=True)
+
+        start_epoch, best_score, best_state, bad_epochs = 0, -np.inf, None, 0
+        if resume is not None:
+            net.load_state_dict(resume["net"])
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+            start_epoch, best_score = resume["epoch"] + 1, resume["best_score"]
+            best_state, bad_epochs = resume["best_state"], resume["bad_epochs"]
+            self.history = resume["history"]
+            torch.set_rng_state(resume["torch_rng"])
+
+        fit_images = [data.train_images[i] for i in fit_index]
+        for epoch in range(start_epoch, stage.epochs):
+            net.train()
+            net.backbone.eval()  # no drop-path / dropout noise inside the backbone
+            epoch_seed = ctx.seed * 100_003 + stage_no * 1009 + epoch
+            order = torch.randperm(n_fit, generator=torch.Generator().manual_seed(epoch_seed))
+            batches = order.split(batch_size)
+            if len(batches) > 1 and len(batches[-1]) < 2:
+                batches = batches[:-1]  # BatchNorm needs two samples
+            loader = None if use_cache else iter(self._loader(fit_images, list(batches)))
+            totals = {"loss": 0.0, "mse": 0.0, "align": 0.0}
+            with ctx.progress(f"{data.subject} {stage.name} epoch {epoch + 1}/{stage.epochs}",
+                              n_fit) as advance:
+                for step, batch_idx in enumerate(batches):
+                    if use_cache:
+                        feats = self._layer_features(data, "train", fit_index[batch_idx.numpy()])
+                        feats = [f.to(self.device) for f in feats]
+                        y = targets[batch_idx]
+                        t = text[batch_idx] if text is not None else None
+                    else:
+                        images = next(loader)
+                        if augment is not None:
+                            images = augment(images)
+                        y = targets[batch_idx]
+                        t = text[batch_idx] if text is not None else None
+                        with torch.set_grad_enabled(train_backbone), \
+                                torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp):
+                            feats = list(self.backbone.forward_features(images.to(self.device)).values())
+                    with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp):
+                        pred, shared = net.head(feats)
+                        mse = nn.functional.mse_loss(pred.float(), y.to(self.device))
+                        loss = mse
+                        align = torch.zeros(())
+                        if net.projection is not None:
+                            align = net.alignment(net.projection(shared.float()), t.to(self.device))
+                            loss = mse + self.alignment_weight * align
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    if p.grad_clip is not None:
+                        scaler.unscale_(optimizer)
+                        nn.utils.clip_grad_norm_(trainable, p.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    scheduler.step()
+                    for key, value in (("loss", loss), ("mse", mse), ("align", align)):
+                        totals[key] += float(value.detach())
+                    advance(len(batch_idx), f"{data.subject} {stage.name} {epoch + 1}/{stage.epochs} "
+                                            f"loss {totals['loss'] / (step + 1):.4f}")
+            n_steps = max(1, len(batches))
+            predicted_val = self._predict_index(data, "train", val_index, frozen_features_valid)
+            score = _validation_score(measured_val, predicted_val, p.validation_metric)
+            self.history.append({"stage": stage.name, "epoch": epoch + 1,
+                                 "loss": totals["loss"] / n_steps, "mse": totals["mse"] / n_steps,
+                                 "alignment": totals["align"] / n_steps,
+                                 "lr": scheduler.get_last_lr()[0], p.validation_metric: score})
+            if score > best_score:
+                best_score, bad_epochs = score, 0
+                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in net.state_dict().items()})
+            else:
+                bad_epochs += 1
+            stop = p.early_stopping_patience is not None and bad_epochs >= p.early_stopping_patience
+            self._save(ckpt_path, {
+                "stage": stage_no, "epoch": epoch if not stop else stage.epochs - 1,
+                "net": net.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "best_score": best_score,
+                "best_state": best_state, "bad_epochs": bad_epochs, "history": self.history,
+                "torch_rng": torch.get_rng_state()})
+            if stop:
+                break
+        if best_state is not None:
+            net.load_state_dict(best_state)
+        for param in net.parameters():
+            param.requires_grad_(False)
+
+    def _save(self, path: Path, state: dict) -> None:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+
+    # -- prediction ---------------------------------------------------------------------
+    def _predict_index(self, data, split: str, index: np.ndarray, use_cache: bool) -> np.ndarray:
+        net = self.net
+        net.eval()
+        out = []
+        batch_size = self.context.batch_size
+        with torch.inference_mode():
+            if use_cache:
+                for chunk in np.array_split(index, max(1, math.ceil(len(index) / batch_size))):
+                    feats = [f.to(self.device) for f in self._layer_features(data, split, chunk)]
+                    out.append(net.head(feats)[0].float().cpu())
+            else:
+                images = data.train_images if split == "train" else data.test_images
+                chunks = torch.arange(len(index)).split(batch_size)
+                for batch in self._loader([images[i] for i in index], list(chunks)):
+                    feats = list(self.backbone.forward_features(batch.to(self.device)).values())
+                    out.append(net.head(feats)[0].float().cpu())
+        return torch.cat(out).numpy()
+
+    def predict(self, data, split: str, index: np.ndarray | None = None) -> np.ndarray:
+        if self.net is None:
+            raise RuntimeError("llm-vem: predict() before fit()")
+        n = len(data.train_images if split == "train" else data.test_images)
+        index = np.arange(n) if index is None else np.asarray(index)
+        backbone_trained = any(self._trains_backbone(s) for s in self.params.stages)
+        return self._predict_index(data, split, index, use_cache=not backbone_trained)
+
+
+def _blank_image():
+    from PIL import Image
+
+    return Image.new("RGB", (64, 64))
+
+
+COMPONENTS = [
+    Component("llm-vem", LLMVEMModel, LLMVEMParams,
+              "two-stage training of backbone + voxel head with LLM-caption alignment (Ma et al. 2024)"),
+]
