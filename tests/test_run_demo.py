@@ -140,3 +140,48 @@ def test_cli_reports_missing_subject(small_demo_root, tmp_path):
     result = runner.invoke(app, ["run", str(reg), "--no-progress"])
     assert result.exit_code == 1
     assert "subj05" in result.output and "available: subj01, subj02" in result.output
+
+
+def test_sweep_gives_one_dataset_along_a_named_dimension(small_demo_root, tmp_path):
+    import xarray as xr
+
+    reg = tmp_path / "registry.yaml"
+    reg.write_text(textwrap.dedent(f"""
+        name: sweep
+        dataset: {{kind: algonauts2023, root: {small_demo_root}, subjects: [1]}}
+        models:
+          ridge:
+            recipe: frozen-features
+            backbone: {{name: timm, model_name: resnet18, pretrained: false, image_size: 32}}
+            mapper: {{name: ridge, n_folds: 3}}
+            sweep:
+              backbone.pooling: [avg, max]
+        compute: {{cache_dir: cache}}
+        output: {{dir: out}}
+    """))
+    result = runner.invoke(app, ["run", str(reg), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "out" / "sweep" / "latest"
+    with xr.open_dataset(run_dir / "models" / "ridge" / "subj01" / "sweep.nc") as ds:
+        assert ds.sizes["backbone_pooling"] == 2
+        assert list(ds.backbone_pooling.values) == ["avg", "max"]
+        assert ds.noise_normalized.dims == ("backbone_pooling", "vertex")
+        assert ds.noise_ceiling.dims == ("vertex",)
+        a = read_netcdf(run_dir / "models" / "ridge@backbone.pooling=max" / "subj01" / "scores.nc")
+        np.testing.assert_allclose(ds.noise_normalized.sel(backbone_pooling="max"), a.noise_normalized)
+    table = (run_dir / "sweep_summary.csv").read_text()
+    assert "backbone.pooling=avg" in table and "backbone.pooling=max" in table
+    assert "sweeps: median noise_normalized per ROI class" in result.output
+
+
+def test_demo_data_command(tmp_path):
+    target = tmp_path / "demo"
+    result = runner.invoke(app, ["demo-data", str(target), "--n-subjects", "1", "--n-train", "30",
+                                 "--n-test", "10", "--image-size", "32"])
+    assert result.exit_code == 0, result.output
+    from neuroenc.data.algonauts import read_subject
+
+    data = read_subject(target, 1)
+    assert len(data.train_images) == 30 and data.has_noise_ceiling
+    again = runner.invoke(app, ["demo-data", str(target)])
+    assert again.exit_code == 1 and "not empty" in again.output
