@@ -221,6 +221,12 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
                 value = metric(measured, predicted, noise_ceiling)
                 if value is not None:
                     scores[metric_name] = value
+            # per-vertex maps a recipe computes itself (e.g. variance partitioning)
+            for extra_name, value in (getattr(model, "extra_scores", None) or {}).items():
+                if extra_name in scores:
+                    raise ValueError(f"model {model_name!r}: extra score {extra_name!r} clashes "
+                                     "with a metric of the same name")
+                scores[extra_name] = value
             folder = run_dir / "models" / model_name / subject
             ds = result_dataset(
                 model=model_name, subject=subject, vertex_coords=coords, scores=scores,

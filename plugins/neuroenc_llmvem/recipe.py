@@ -27,6 +27,7 @@ import contextlib
 import copy
 import fnmatch
 import math
+import time
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -304,6 +305,7 @@ class LLMVEMModel:
 
         fit_images = [data.train_images[i] for i in fit_index]
         for epoch in range(start_epoch, stage.epochs):
+            t_epoch = time.perf_counter()
             net.train()
             net.backbone.eval()  # no drop-path / dropout noise inside the backbone
             epoch_seed = ctx.seed * 100_003 + stage_no * 1009 + epoch
@@ -356,7 +358,9 @@ class LLMVEMModel:
             self.history.append({"stage": stage.name, "epoch": epoch + 1,
                                  "loss": totals["loss"] / n_steps, "mse": totals["mse"] / n_steps,
                                  "alignment": totals["align"] / n_steps,
-                                 "lr": scheduler.get_last_lr()[0], p.validation_metric: score})
+                                 "lr": scheduler.get_last_lr()[0], p.validation_metric: score,
+                                 "seconds": round(time.perf_counter() - t_epoch, 3),
+                                 "device": str(self.device)})
             if score > best_score:
                 best_score, bad_epochs = score, 0
                 best_state = copy.deepcopy({k: v.detach().cpu() for k, v in net.state_dict().items()})
