@@ -27,9 +27,14 @@ from __future__ import annotations
 import neuroenc
 from neuroenc import hookimpl
 
-from . import backbones, heads, losses, recipe, text_encoders
+from . import backbones, captioners, heads, losses, recipe, text_encoders
 
 __version__ = neuroenc.__version__
+
+
+@hookimpl
+def neuroenc_captioners():
+    return captioners.COMPONENTS
 
 
 @hookimpl
