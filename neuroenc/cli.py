@@ -112,8 +112,10 @@ def validate(
 ) -> None:
     """Check REGISTRY_FILE (structure, plugin names, parameters) without running it."""
     registry, _ = _load(registry_file, strict, block)
+    n_runs = len(registry.variants())
+    sweeps = f" ({n_runs} runs with sweeps expanded)" if n_runs != len(registry.models) else ""
     console.print(f"[green]ok[/]: {registry_file}: experiment {registry.name!r}, dataset "
-                  f"{registry.dataset.kind!r}, {len(registry.models)} model(s): "
+                  f"{registry.dataset.kind!r}, {len(registry.models)} model(s){sweeps}: "
                   f"{', '.join(registry.models)}")
 
 
