@@ -67,6 +67,10 @@ def run(
     registry, manager = _load(registry_file, strict, block)
     if device is not None:
         registry.compute.device = device
+    if not progress:  # also silence the bars of Hugging Face downloads and weight loading
+        import os
+
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers reads it too
     try:
         result = run_registry(registry, manager, show_progress=progress,
                               log=lambda msg: console.print(msg, highlight=False))

@@ -246,6 +246,10 @@ class SubjectData:
             start += array.shape[1]
         return out
 
+    def fmri_files(self, split: Split) -> dict[str, Path]:
+        """Return ``{hemisphere: path}`` of a split's fMRI files (empty when absent)."""
+        return {h: self._fmri_files[split, h] for h in HEMISPHERES if (split, h) in self._fmri_files}
+
     def noise_ceiling(self, hemisphere: str | None = None) -> np.ndarray | None:
         """Return the noise ceiling as a fraction in [0, 1], or None if the copy has none.
 

@@ -178,7 +178,7 @@ class LLMVEMModel:
 
     # -- training -----------------------------------------------------------------------
     def _checkpoint_path(self, data, train_index: np.ndarray) -> Path:
-        fmri = [data._fmri_files[("train", h)] for h in ("lh", "rh")]
+        fmri = list(data.fmri_files("train").values())
         key = stable_hash({
             "recipe": "llm-vem", "params": self.params.model_dump(mode="json"),
             "subject": data.subject, "fmri": [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in fmri],
