@@ -182,6 +182,11 @@ def demo_data(
     console.print(f"demo dataset written to {root}")
 
 
+from neuroenc.cli_analysis import register  # noqa: E402  (plot and report commands)
+
+register(app)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

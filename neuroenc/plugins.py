@@ -103,7 +103,7 @@ class PluginManager:
     def _register(self, plugin: object, name: str, version: str = "") -> bool:
         if self.pm.is_blocked(name):
             return False
-        if self.pm.has_plugin(name):
+        if self.pm.has_plugin(name) or self.pm.is_registered(plugin):
             return False  # the same plugin named twice (e.g. entry point and registry)
         try:
             self.pm.register(plugin, name=name)

@@ -141,7 +141,15 @@ def test_blocked_plugin_is_not_loaded():
     assert "builtins" not in pm.plugin_names() and "llm-vem" in pm.plugin_names()
     assert "timm" not in pm.components("image_backbone")
     assert "eva02" in pm.components("image_backbone")
-    assert PluginManager(blocked=["builtins", "llm-vem"]).components("image_backbone") == {}
+    everything = PluginManager(blocked=["builtins", "llm-vem", "baselines"])
+    assert everything.components("image_backbone") == {}
+
+
+def test_an_installed_plugin_named_again_in_a_registry_is_not_registered_twice(manager):
+    before = manager.plugin_names()
+    manager.load_plugin("neuroenc_llmvem")
+    assert manager.plugin_names() == before
+    assert manager.get("recipe", "llm-vem").provider == "llm-vem"
 
 
 def test_unknown_component_suggests_the_closest_name(manager):

@@ -1,0 +1,373 @@
+"""Caption-based baselines: ``text-ridge`` and ``variance-partitioning``.
+
+``text-ridge``
+    Every image is described by a captioner (``dataset-captions``, ``minigpt4`` ...), the
+    caption embedded by a text encoder (``sentence-transformers``, ``clip`` ...), and a
+    voxel mapper (default: per-vertex cross-validated ridge) maps the embedding to the
+    fMRI. No pixel reaches the model: it measures how much of each vertex's response a
+    description of the image explains.
+
+``variance-partitioning``
+    Image features (a backbone) and caption embeddings of the same images. Three models
+    per vertex: image only, text only, and both (joint); their R^2 on the scored split
+    (held-out images) partition the explained variance (the "commonality analysis" of
+    encoding-model papers, e.g. Lescroart et al. 2015, de Heer et al. 2017)::
+
+        unique_image = R2_joint - R2_text
+        unique_text  = R2_joint - R2_image
+        shared       = R2_image + R2_text - R2_joint
+
+    The joint model is a banded ridge: each band (image, text) is z-scored and scaled to
+    unit total variance, then the text band is weighted ``sqrt(r)`` and the image band
+    ``1 / sqrt(r)`` for every ratio ``r`` of a small grid; for each ratio the usual
+    per-vertex cross-validated ridge (:func:`neuroenc.ridge.solve_ridge_cv`) picks an alpha,
+    and each vertex keeps the (ratio, alpha) with the best cross-validated score. Scaling
+    a band by ``w`` is the same as dividing its penalty by ``w**2``, so this is ridge with
+    one alpha per band and vertex (himalaya's banded ridge), searched on a grid rather
+    than by gradient or random search. The single-band models are plain per-vertex
+    cross-validated ridges.
+
+    ``predict`` returns the joint model's predictions (the run scores them with its
+    metrics); when the measured responses of the predicted images are known (the
+    scored split), the recipe also sets ``extra_scores`` to the per-vertex maps
+    ``vp_r2_image``, ``vp_r2_text``, ``vp_r2_joint``, ``vp_unique_image``,
+    ``vp_unique_text``, ``vp_shared`` and ``vp_text_weight`` (the chosen text-to-image
+    band weight ratio), which the runner stores beside the metrics.
+
+    On finite data the parts are estimates: a joint model that overfits can make a
+    unique part slightly negative, and a shared part can be negative when the two
+    feature sets suppress each other's noise. They are not clipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from neuroenc import Component
+from neuroenc.config import BackboneRef, CaptionerRef, ComponentRef, MapperRef, TextEncoderRef
+from neuroenc.metrics import r2_score
+
+from .devkit import layer_features
+
+__all__ = ["BandedRidgeCV", "VariancePartitioner", "variance_partition", "caption_embeddings",
+           "TextRidgeModel", "VariancePartitioningModel"]
+
+#: Default text-to-image band weight ratios of the joint model (a decade each side).
+DEFAULT_BAND_RATIOS = (0.1, 0.3, 1.0, 3.0, 10.0)
+#: Default ridge alphas (features are z-scored and each band scaled to unit variance).
+DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-2, 6, 9))
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+def variance_partition(r2_image: np.ndarray, r2_text: np.ndarray,
+                       r2_joint: np.ndarray) -> dict[str, np.ndarray]:
+    """Return the unique and shared parts of the explained variance, per vertex.
+
+    Parameters
+    ----------
+    r2_image, r2_text, r2_joint : ndarray of shape (n_vertices,)
+        Held-out R^2 of the image-only, text-only and joint models.
+
+    Returns
+    -------
+    parts : dict of str to ndarray of shape (n_vertices,)
+        ``unique_image = r2_joint - r2_text``, ``unique_text = r2_joint - r2_image``,
+        ``shared = r2_image + r2_text - r2_joint`` (so ``unique_image + unique_text +
+        shared == r2_joint``).
+    """
+    r2_image, r2_text, r2_joint = (np.asarray(a, dtype=np.float64) for a in (r2_image, r2_text, r2_joint))
+    return {"unique_image": r2_joint - r2_text, "unique_text": r2_joint - r2_image,
+            "shared": r2_image + r2_text - r2_joint}
+
+
+class BandedRidgeCV:
+    """Ridge regression with one penalty per feature band and target, chosen by CV on a grid.
+
+    Parameters
+    ----------
+    alphas : sequence of float
+        Overall regularisation grid.
+    band_ratios : sequence of float
+        For two bands: weights ``(1 / sqrt(r), sqrt(r))`` for each ratio ``r``; ignored
+        with one band.
+    n_folds : int
+        Contiguous folds (see :func:`neuroenc.ridge.contiguous_folds`).
+    device, dtype : str
+        Passed to :func:`neuroenc.ridge.solve_ridge_cv`.
+
+    Attributes
+    ----------
+    coef_ : ndarray of shape (n_features_total, n_targets)
+        Weights on the standardised, band-scaled features.
+    intercept_ : ndarray of shape (n_targets,)
+    best_ratio_ : ndarray of shape (n_targets,)
+        The chosen ratio (1.0 with one band).
+    best_alpha_ : ndarray of shape (n_targets,)
+    cv_score_ : ndarray of shape (n_targets,)
+        The best mean cross-validated R^2.
+    """
+
+    def __init__(self, alphas: Sequence[float] = DEFAULT_ALPHAS,
+                 band_ratios: Sequence[float] = DEFAULT_BAND_RATIOS, n_folds: int = 5,
+                 device: str = "cpu", dtype: str = "float32"):
+        self.alphas = np.asarray(alphas, dtype=np.float64)
+        self.band_ratios = tuple(float(r) for r in band_ratios)
+        self.n_folds = n_folds
+        self.device = device
+        self.dtype = dtype
+
+    def _standardize(self, bands: Sequence[np.ndarray]) -> np.ndarray:
+        out = []
+        for (mean, scale), band in zip(self.band_stats_, bands):
+            out.append((np.asarray(band, dtype=np.float64) - mean) / scale)
+        return np.concatenate(out, axis=1)
+
+    def fit(self, bands: Sequence[np.ndarray], Y: np.ndarray) -> BandedRidgeCV:
+        """Fit on bands of shape (n_samples, n_features_b) and Y (n_samples, n_targets)."""
+        from neuroenc.ridge import solve_ridge_cv
+
+        if not 1 <= len(bands) <= 2:
+            raise ValueError(f"BandedRidgeCV: 1 or 2 bands, found {len(bands)}")
+        n = len(Y)
+        for i, band in enumerate(bands):
+            if band.shape[0] != n:
+                raise ValueError(f"band {i} has {band.shape[0]} rows, responses {n}")
+        self.band_stats_ = []
+        self.band_sizes_ = [int(b.shape[1]) for b in bands]
+        for band in bands:
+            band = np.asarray(band, dtype=np.float64)
+            mean = band.mean(axis=0)
+            std = band.std(axis=0)
+            std[std == 0] = 1.0
+            # z-score, then unit total variance per band: a 2,000-d band must not outweigh
+            # a 384-d one just by its width.
+            self.band_stats_.append((mean, std * np.sqrt(band.shape[1])))
+        Z = self._standardize(bands)
+        ratios = self.band_ratios if len(bands) == 2 else (1.0,)
+        n_targets = Y.shape[1]
+        self.cv_score_ = np.full(n_targets, -np.inf)
+        self.coef_ = np.zeros((Z.shape[1], n_targets), dtype=np.float32)
+        self.intercept_ = np.zeros(n_targets, dtype=np.float32)
+        self.best_ratio_ = np.ones(n_targets)
+        self.best_alpha_ = np.zeros(n_targets)
+        split = self.band_sizes_[0]
+        for ratio in ratios:
+            weights = np.ones(Z.shape[1])
+            if len(bands) == 2:
+                weights[:split] = ratio ** -0.5
+                weights[split:] = ratio ** 0.5
+            result = solve_ridge_cv(Z * weights, Y, self.alphas, n_folds=self.n_folds,
+                                    device=self.device, dtype=self.dtype)
+            score = result.cv_scores.max(axis=0).astype(np.float64)
+            better = score > self.cv_score_
+            self.cv_score_[better] = score[better]
+            self.coef_[:, better] = result.coef[:, better] * weights[:, None]
+            self.intercept_[better] = result.intercept[better]
+            self.best_ratio_[better] = ratio
+            self.best_alpha_[better] = result.best_alphas[better]
+        return self
+
+    def predict(self, bands: Sequence[np.ndarray]) -> np.ndarray:
+        """Return predictions of shape (n_samples, n_targets), float32."""
+        if [int(b.shape[1]) for b in bands] != self.band_sizes_:
+            raise ValueError(f"band widths {[b.shape[1] for b in bands]}, fitted on "
+                             f"{self.band_sizes_}")
+        Z = self._standardize(bands).astype(np.float32)
+        return Z @ self.coef_ + self.intercept_
+
+
+class VariancePartitioner:
+    """Image-only, text-only and joint (banded) ridge models of the same responses.
+
+    Use :meth:`fit` on training images, then :meth:`partition` on held-out images with
+    their measured responses.
+    """
+
+    def __init__(self, alphas: Sequence[float] = DEFAULT_ALPHAS,
+                 band_ratios: Sequence[float] = DEFAULT_BAND_RATIOS, n_folds: int = 5,
+                 device: str = "cpu", dtype: str = "float32"):
+        kwargs = dict(alphas=alphas, n_folds=n_folds, device=device, dtype=dtype)
+        self.image = BandedRidgeCV(**kwargs)
+        self.text = BandedRidgeCV(**kwargs)
+        self.joint = BandedRidgeCV(band_ratios=band_ratios, **kwargs)
+
+    def fit(self, image: np.ndarray, text: np.ndarray, responses: np.ndarray) -> VariancePartitioner:
+        """Fit the three models on image features (n, p), text features (n, q), responses (n, v)."""
+        self.image.fit([image], responses)
+        self.text.fit([text], responses)
+        self.joint.fit([image, text], responses)
+        return self
+
+    def predict(self, image: np.ndarray, text: np.ndarray) -> dict[str, np.ndarray]:
+        """Return ``{"image", "text", "joint"}`` predictions, each (n_images, n_vertices)."""
+        return {"image": self.image.predict([image]), "text": self.text.predict([text]),
+                "joint": self.joint.predict([image, text])}
+
+    def partition(self, image: np.ndarray, text: np.ndarray, responses: np.ndarray,
+                  predictions: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Return per-vertex ``r2_image``, ``r2_text``, ``r2_joint``, the unique and shared
+        parts (:func:`variance_partition`) and ``text_weight`` (the joint model's ratio)."""
+        predictions = predictions or self.predict(image, text)
+        r2 = {name: r2_score(responses, pred) for name, pred in predictions.items()}
+        out = {f"r2_{name}": value for name, value in r2.items()}
+        out.update(variance_partition(r2["image"], r2["text"], r2["joint"]))
+        out["text_weight"] = self.joint.best_ratio_.copy()
+        return out
+
+
+# --------------------------------------------------------------------------- features
+
+
+def caption_embeddings(captioner, encoder, data, split: str, context) -> np.ndarray:
+    """Return the embedded captions of a split's images, shape (n_images, dim), float32."""
+    from neuroenc.captions import caption_images
+    from neuroenc.text_features import encode_texts
+
+    images = data.train_images if split == "train" else data.test_images
+    captions = caption_images(captioner, images, context,
+                              description=f"{data.subject} {split} captions")
+    return np.asarray(encode_texts(encoder, captions, context,
+                                   description=f"{data.subject} {split} caption embeddings"),
+                      dtype=np.float32)
+
+
+class _SplitCache:
+    """Per (subject, split) arrays, computed once (fit and predict both need the train split)."""
+
+    def __init__(self, compute):
+        self.compute = compute
+        self.values: dict[tuple[str, str], np.ndarray] = {}
+
+    def __call__(self, data, split: str) -> np.ndarray:
+        key = (data.subject, split)
+        if key not in self.values:
+            self.values[key] = self.compute(data, split)
+        return self.values[key]
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+class TextRidgeParams(BaseModel):
+    """Parameters of ``text-ridge``."""
+
+    model_config = ConfigDict(extra="forbid")
+    captioner: CaptionerRef = Field(..., description="describes each image, e.g. dataset-captions")
+    text_encoder: TextEncoderRef = Field(..., description="embeds each caption, e.g. "
+                                         "sentence-transformers")
+    mapper: MapperRef = Field(default_factory=lambda: ComponentRef(name="ridge"),
+                              description="voxel mapper on the caption embeddings")
+
+
+class TextRidgeModel:
+    """Caption embeddings -> voxel mapper (per-vertex ridge by default). No image pixels."""
+
+    def __init__(self, params: TextRidgeParams, context):
+        self.context = context
+        self.captioner = context.build("captioner", params.captioner)
+        self.encoder = context.build("text_encoder", params.text_encoder)
+        self.mapper = context.build("voxel_mapper", params.mapper)
+        self.embeddings = _SplitCache(lambda data, split: caption_embeddings(
+            self.captioner, self.encoder, data, split, self.context))
+
+    def fit(self, data, train_index: np.ndarray) -> None:
+        self.mapper.fit(self.embeddings(data, "train")[train_index],
+                        data.responses("train")[train_index])
+
+    def predict(self, data, split: str, index: np.ndarray | None = None) -> np.ndarray:
+        features = self.embeddings(data, split)
+        if index is not None:
+            features = features[index]
+        return np.asarray(self.mapper.predict(features), dtype=np.float32)
+
+
+class VariancePartitioningParams(BaseModel):
+    """Parameters of ``variance-partitioning``."""
+
+    model_config = ConfigDict(extra="forbid")
+    backbone: BackboneRef = Field(..., description="image features (all layers concatenated)")
+    captioner: CaptionerRef = Field(..., description="describes each image")
+    text_encoder: TextEncoderRef = Field(..., description="embeds each caption")
+    alphas: list[float] = Field(default_factory=lambda: list(DEFAULT_ALPHAS),
+                                description="ridge alphas (bands are z-scored, unit variance)")
+    band_ratios: list[float] = Field(default_factory=lambda: list(DEFAULT_BAND_RATIOS),
+                                     description="text-to-image band weight ratios searched "
+                                     "for the joint model")
+    n_folds: int = Field(5, ge=2, description="contiguous cross-validation folds")
+    dtype: str = Field("float32", description="ridge precision: float32 or float64")
+    prefix: str = Field("vp_", description="prefix of the extra per-vertex maps")
+
+    @field_validator("alphas", "band_ratios")
+    @classmethod
+    def _positive(cls, values: list[float]) -> list[float]:
+        if not values or any(v <= 0 for v in values):
+            raise ValueError(f"expected a non-empty list of positive numbers, found {values}")
+        return values
+
+
+class VariancePartitioningModel:
+    """Image-only, text-only and joint banded ridge; unique and shared variance per vertex.
+
+    Attributes
+    ----------
+    extra_scores : dict of str to ndarray of shape (n_vertices,)
+        Set by :meth:`predict` when the predicted images' responses are known: the maps
+        listed in the module docstring. The runner stores them in the results.
+    """
+
+    def __init__(self, params: VariancePartitioningParams, context):
+        self.params = params
+        self.context = context
+        self.backbone = context.build("image_backbone", params.backbone)
+        self.captioner = context.build("captioner", params.captioner)
+        self.encoder = context.build("text_encoder", params.text_encoder)
+        self.image_features = _SplitCache(lambda data, split: layer_features(
+            self.backbone, data, split, context)[:])
+        self.text_features = _SplitCache(lambda data, split: caption_embeddings(
+            self.captioner, self.encoder, data, split, context))
+        self.extra_scores: dict[str, np.ndarray] = {}
+        self.partitioner: VariancePartitioner | None = None
+
+    def fit(self, data, train_index: np.ndarray) -> None:
+        p = self.params
+        self.partitioner = VariancePartitioner(p.alphas, p.band_ratios, p.n_folds,
+                                               device=self.context.device, dtype=p.dtype)
+        self.partitioner.fit(self.image_features(data, "train")[train_index],
+                             self.text_features(data, "train")[train_index],
+                             data.responses("train")[train_index])
+        self.extra_scores = {}
+
+    def predict(self, data, split: str, index: np.ndarray | None = None) -> np.ndarray:
+        if self.partitioner is None:
+            raise RuntimeError("variance-partitioning: predict() before fit()")
+        image = self.image_features(data, split)
+        text = self.text_features(data, split)
+        if index is not None:
+            image, text = image[index], text[index]
+        predictions = self.partitioner.predict(image, text)
+        # The held-out images of the run: the training split with an index (holdout), or
+        # the test split where its fMRI exists. Training images as a whole are never scored.
+        measured = None
+        if split == "train" and index is not None:
+            measured = data.responses("train")[index]
+        elif split == "test" and data.has_test_responses:
+            measured = data.responses("test")
+        if measured is not None:
+            parts = self.partitioner.partition(image, text, measured, predictions)
+            self.extra_scores = {f"{self.params.prefix}{k}": v.astype(np.float32)
+                                 for k, v in parts.items()}
+        return np.asarray(predictions["joint"], dtype=np.float32)
+
+
+RECIPES = [
+    Component("text-ridge", TextRidgeModel, TextRidgeParams,
+              "caption embeddings (captioner + text encoder) -> per-vertex ridge; no pixels"),
+    Component("variance-partitioning", VariancePartitioningModel, VariancePartitioningParams,
+              "image + caption features; unique image / unique text / shared R^2 per vertex "
+              "(banded ridge joint model)"),
+]
