@@ -88,21 +88,30 @@ def run(
 
 
 def _print_summary(summary) -> None:
+    """Print one table per subject: ROIs as rows (grouped by class), models as columns."""
     from neuroenc.runner import challenge_means, summary_pivot
 
     variable = summary.attrs.get("variable", "score")
     pivot = summary_pivot(summary)
-    table = Table(title=f"median {variable} per ROI", title_justify="left")
-    table.add_column("ROI class", no_wrap=True)
-    table.add_column("ROI", no_wrap=True)
-    for model, subject in pivot.columns:
-        table.add_column(f"{model}\n{subject}", justify="right", overflow="fold")
-    previous = None
-    for (roi_class, roi), row in pivot.iterrows():
-        table.add_row(roi_class if roi_class != previous else "", roi,
-                      *(f"{v:.1f}" for v in row.values), end_section=roi_class == "all")
-        previous = roi_class
-    console.print(table)
+    models = list(dict.fromkeys(summary.model))  # registry order
+    for subject in dict.fromkeys(summary.subject):
+        table = Table(title=f"{subject}: median {variable} per ROI", title_justify="left",
+                      padding=(0, 1))
+        table.add_column("ROI", no_wrap=True)
+        for model in models:
+            table.add_column(model, justify="right", overflow="fold", min_width=5)
+        previous = None
+        for (roi_class, roi), row in pivot.iterrows():
+            values = [row.get((m, subject)) for m in models]
+            cells = ["" if v is None or v != v else f"{v:.1f}" for v in values]
+            if roi_class == "all":
+                table.add_row(roi, *cells, end_section=True)
+                continue
+            if roi_class != previous:
+                table.add_row(f"[bold]{roi_class}[/]", *[""] * len(models))
+                previous = roi_class
+            table.add_row(f"  {roi}", *cells)
+        console.print(table)
     console.print(f"challenge-style mean {variable} over all vertices of all subjects:")
     for model, value in challenge_means(summary).items():
         console.print(f"  {model}: [bold]{value:.2f}[/]")
