@@ -150,3 +150,96 @@ def test_by_order_remap_checks_shapes(tmp_path):
     torch.save({"a": torch.zeros(3)}, bad)
     with pytest.raises(ValueError, match="1 tensors, but the timm model has"):
         _backbone(checkpoint_path=str(bad), checkpoint_remap="by-order")
+
+
+def test_memoised_image_hashes_give_the_content_key_and_skip_rereading(images, tmp_path,
+                                                                      monkeypatch):
+    import os
+
+    from neuroenc import features
+    from neuroenc.cache import hash_files
+
+    index = tmp_path / "cache" / "file-hashes"
+    expected = hash_files(images)
+    # Files hashed right after they were written are "racy": never trusted from the memo.
+    assert features.hash_images(images, index) == expected
+    calls = []
+    real = features._sha256_file
+    monkeypatch.setattr(features, "_sha256_file", lambda p: calls.append(p) or real(p))
+    assert features.hash_images(images, index) == expected
+    assert len(calls) == len(images)
+    # Files last modified well before they were hashed are trusted: nothing is reread.
+    old = 1_600_000_000
+    for p in images:
+        os.utime(p, (old, old))
+    calls.clear()
+    assert features.hash_images(images, index) == expected  # re-hashes (mtime changed)
+    assert len(calls) == len(images)
+    calls.clear()
+    assert features.hash_images(images, index) == expected
+    assert calls == []
+    # A changed image under the same name is hashed again, and the key follows its content.
+    Image.new("RGB", (40, 40), (0, 255, 0)).save(images[1])
+    os.utime(images[1], (old + 5, old + 5))
+    assert features.hash_images(images, index) == hash_files(images) != expected
+    assert calls == [images[1]]
+    # The key with a memo is the key without one (cache entries stay compatible).
+    backbone = _backbone()
+    assert feature_cache_key(backbone, images, hash_index=index) == feature_cache_key(backbone, images)
+
+
+def test_cache_key_layout_is_unchanged(images):
+    """Other code reads cache entries by this key: it must stay the documented hash."""
+    from neuroenc.cache import hash_files, stable_hash
+
+    backbone = _backbone()
+    key, description = feature_cache_key(backbone, images)
+    assert description == {"format": 1, "backbone": backbone.identity(), "n_images": 5,
+                           "images_sha256": hash_files(images)}
+    assert key == stable_hash(description, length=24)
+
+
+def test_corrupt_hash_index_is_ignored(images, tmp_path):
+    from neuroenc import features
+    from neuroenc.cache import hash_files
+
+    index = tmp_path / "idx"
+    features.hash_images(images, index)
+    for f in index.iterdir():
+        f.write_text("{not json")
+    assert features.hash_images(images, index) == hash_files(images)
+
+
+def test_non_finite_features_name_the_layer_and_images(images, context, monkeypatch):
+    backbone = _backbone()
+    real = backbone.forward_features
+
+    def poisoned(batch):
+        out = real(batch)
+        out["layer4"][0, 3] = float("nan")
+        return out
+    monkeypatch.setattr(backbone, "forward_features", poisoned)
+    with pytest.raises(FloatingPointError, match=r"non-finite features at layer 'layer4' for "
+                       r"images train-0001_nsd-00000.png..train-0002_nsd-00001.png"):
+        extract_features(backbone, images, context)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_extraction_matches_cpu(images, tmp_path, pm):
+    """The asynchronous pinned-memory path writes the same rows as the CPU path."""
+    cpu = RunContext(manager=pm, cache_dir=tmp_path / "c1", batch_size=2, show_progress=False)
+    gpu = RunContext(manager=pm, cache_dir=tmp_path / "c2", batch_size=2, show_progress=False,
+                     device="cuda")
+    ref = extract_features(_backbone(), images, cpu)
+    got = extract_features(_backbone(), images, gpu)
+    for layer in ref:  # float16 autocast on the GPU
+        np.testing.assert_allclose(got[layer], ref[layer], rtol=2e-2, atol=2e-2)
+
+
+def test_extraction_leaves_the_module_in_its_default_layout(images, context):
+    """Extraction runs convolutions channels-last; a module trained afterwards must not
+    inherit that layout."""
+    backbone = _backbone()
+    extract_features(backbone, images, context)
+    weights = [p for p in backbone.module.parameters() if p.ndim == 4]
+    assert weights and all(p.is_contiguous() for p in weights)

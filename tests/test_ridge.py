@@ -293,3 +293,142 @@ def test_float32_robust_to_large_response_offsets():
     np.testing.assert_array_equal(approx.best_alphas, exact.best_alphas)
     pred = X @ approx.coef.astype(np.float64) + approx.intercept
     np.testing.assert_allclose(pred, X @ exact.coef + exact.intercept, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- fast paths
+
+
+@pytest.mark.parametrize("n_samples, n_features, n_folds", [(120, 20, 5), (80, 100, 2)])
+@pytest.mark.parametrize("scoring", ["r2", "pearson_r"])
+def test_quadratic_form_path_matches_explicit_predictions(monkeypatch, n_samples, n_features,
+                                                         n_folds, scoring):
+    """The validation scores via u^T G u (block upper-triangular products) equal those of
+    explicit predictions P u, in the primal and the dual, for both scorings."""
+    import neuroenc.ridge as ridge
+
+    X, Y = make_data(n_samples, n_features, 25, seed=11)
+    kwargs = dict(n_folds=n_folds, scoring=scoring, dtype="float64")
+    monkeypatch.setattr(ridge, "_QUAD_BLOCK", 10**6)  # never worth it: explicit predictions
+    explicit = solve_ridge_cv(X, Y, ALPHAS, **kwargs)
+    monkeypatch.setattr(ridge, "_QUAD_BLOCK", 7)  # several blocks, a ragged last one
+    plan = ridge._plan_x_side(X, ridge.contiguous_folds(n_samples, n_folds), ALPHAS, "kfold", True,
+                              scoring, ridge.torch.float64, ridge.torch.device("cpu"),
+                              ridge.torch.device("cpu"))
+    assert all(f.G_upper is not None for f in plan.folds), "the test must use the quadratic path"
+    assert all(f.quad_blocks is not None for f in plan.folds)  # kept across batches
+    quadratic = solve_ridge_cv(X, Y, ALPHAS, target_batch_size=10, **kwargs)
+    np.testing.assert_allclose(quadratic.cv_scores, explicit.cv_scores, rtol=0, atol=1e-10)
+    np.testing.assert_array_equal(quadratic.best_alphas, explicit.best_alphas)
+    monkeypatch.setattr(ridge, "_QUAD_KEEP_BYTES", 0)  # rebuilt for every batch instead
+    rebuilt = solve_ridge_cv(X, Y, ALPHAS, target_batch_size=10, **kwargs)
+    np.testing.assert_allclose(rebuilt.cv_scores, explicit.cv_scores, rtol=0, atol=1e-10)
+    if scoring == "r2":
+        ref = sklearn_reference(X, Y, ALPHAS, list(KFold(n_folds).split(X)))
+        np.testing.assert_allclose(quadratic.cv_scores, ref[0], atol=1e-9)
+
+
+def test_folds_that_leave_samples_out_match_sklearn():
+    """Training sets that are not 'all but the validation set' take the direct path."""
+    X, Y = make_data(150, 25, 30, seed=12)
+    rng = np.random.default_rng(12)
+    folds = []
+    for k in range(3):
+        order = rng.permutation(150)
+        folds.append((np.sort(order[:90]), np.sort(order[100:130])))  # 30 samples unused
+    ref = sklearn_reference(X, Y, ALPHAS, folds)
+    result = solve_ridge_cv(X, Y, ALPHAS, folds=folds, dtype="float64")
+    assert_matches_reference(result, ref, X, rtol=1e-6, score_atol=1e-9)
+
+
+def _loo_reference(X, Y, alphas, fit_intercept):
+    """Leave-one-out squared errors by refitting sklearn Ridge n times (no shortcut)."""
+    n = len(X)
+    sse = np.zeros((len(alphas), Y.shape[1]))
+    for i, alpha in enumerate(alphas):
+        for j in range(n):
+            keep = np.arange(n) != j
+            model = Ridge(alpha=alpha, fit_intercept=fit_intercept).fit(X[keep], Y[keep])
+            sse[i] += (Y[j] - model.predict(X[j : j + 1])[0]) ** 2
+    return sse
+
+
+@pytest.mark.parametrize(
+    "n_samples, n_features, fit_intercept",
+    [(60, 12, True), (30, 50, True), (60, 12, False), (30, 50, False)],
+)
+def test_loo_matches_brute_force_and_sklearn_ridgecv(n_samples, n_features, fit_intercept):
+    from sklearn.linear_model import RidgeCV as SklearnRidgeCV
+
+    X, Y = make_data(n_samples, n_features, 20, seed=13)
+    result = solve_ridge_cv(X, Y, ALPHAS, cv="loo", fit_intercept=fit_intercept, dtype="float64")
+    ss_tot = ((Y - Y.mean(0)) ** 2).sum(0)
+    expected = 1 - _loo_reference(X, Y, ALPHAS, fit_intercept) / ss_tot
+    np.testing.assert_allclose(result.cv_scores, expected, atol=1e-9)
+    sk = SklearnRidgeCV(alphas=ALPHAS, alpha_per_target=True, fit_intercept=fit_intercept).fit(X, Y)
+    assert len(np.unique(sk.alpha_)) >= 3
+    np.testing.assert_array_equal(result.best_alphas, sk.alpha_)
+    np.testing.assert_allclose(result.coef, sk.coef_.T, rtol=1e-6, atol=1e-6 * np.abs(sk.coef_).max())
+    np.testing.assert_allclose(result.intercept, sk.intercept_, rtol=1e-6, atol=1e-6)
+
+
+def test_loo_pearson_scores_the_leave_one_out_predictions():
+    X, Y = make_data(40, 8, 6, seed=14)
+    result = solve_ridge_cv(X, Y, ALPHAS, cv="loo", scoring="pearson_r", dtype="float64")
+    expected = np.zeros((len(ALPHAS), Y.shape[1]))
+    for i, alpha in enumerate(ALPHAS):
+        pred = np.array([Ridge(alpha=alpha).fit(np.delete(X, j, 0), np.delete(Y, j, 0))
+                         .predict(X[j : j + 1])[0] for j in range(len(X))])
+        expected[i] = [np.corrcoef(pred[:, t], Y[:, t])[0, 1] for t in range(Y.shape[1])]
+    np.testing.assert_allclose(result.cv_scores, expected, atol=1e-9)
+
+
+@pytest.mark.parametrize("n_samples, n_features", [(60, 12), (30, 50)])
+def test_gcv_matches_the_hat_matrix_formula(n_samples, n_features):
+    """GCV(alpha) = n ||y - H y||^2 / (n - trace H)^2, H the hat matrix with intercept."""
+    X, Y = make_data(n_samples, n_features, 15, seed=15)
+    result = solve_ridge_cv(X, Y, ALPHAS, cv="gcv", dtype="float64")
+    Xc = X - X.mean(0)
+    Yc = Y - Y.mean(0)
+    expected = np.empty((len(ALPHAS), Y.shape[1]))
+    for i, alpha in enumerate(ALPHAS):
+        H = Xc @ np.linalg.solve(Xc.T @ Xc + alpha * np.eye(n_features), Xc.T)
+        H += 1.0 / n_samples  # the unpenalised intercept
+        resid = ((Y - H @ Y) ** 2).sum(0)
+        gcv = n_samples * resid / (n_samples - np.trace(H)) ** 2
+        expected[i] = 1 - gcv / (Yc**2).sum(0) * n_samples
+    np.testing.assert_allclose(result.cv_scores, expected, rtol=1e-8, atol=1e-9)
+    np.testing.assert_array_equal(result.best_alphas, ALPHAS[np.argmax(expected, axis=0)])
+    # The refit is the ordinary ridge fit at the chosen alphas.
+    for alpha in np.unique(result.best_alphas):
+        cols = result.best_alphas == alpha
+        ridge = Ridge(alpha=alpha).fit(X, Y[:, cols])
+        np.testing.assert_allclose(result.coef[:, cols], np.reshape(ridge.coef_, (cols.sum(), -1)).T,
+                                   rtol=1e-6, atol=1e-9)
+
+
+def test_cv_option_errors():
+    X, Y = make_data(40, 5, 3, seed=16)
+    with pytest.raises(ValueError, match="unknown cv 'loocv'; expected one of kfold, loo, gcv"):
+        solve_ridge_cv(X, Y, cv="loocv")
+    with pytest.raises(ValueError, match="cv='gcv' scores squared error only"):
+        solve_ridge_cv(X, Y, cv="gcv", scoring="pearson_r")
+    with pytest.raises(ValueError, match="folds are only used with cv='kfold'"):
+        solve_ridge_cv(X, Y, cv="loo", folds=[(np.arange(20), np.arange(20, 40))])
+    model = RidgeCV(ALPHAS, cv="loo", dtype="float64").fit(X, Y)
+    np.testing.assert_array_equal(
+        model.best_alphas_, solve_ridge_cv(X, Y, ALPHAS, cv="loo", dtype="float64").best_alphas)
+
+
+def test_memmapped_responses_are_not_copied_whole(tmp_path):
+    """Y as a read-only memmap (as the Algonauts reader returns it) gives the in-memory
+    result, in batches smaller than Y."""
+    X, Y = make_data(60, 10, 37, seed=17)
+    path = tmp_path / "y.npy"
+    np.save(path, Y.astype(np.float32))
+    Y_map = np.load(path, mmap_mode="r")
+    mapped = solve_ridge_cv(X, Y_map, ALPHAS, target_batch_size=8)
+    in_memory = solve_ridge_cv(X, np.load(path), ALPHAS, target_batch_size=37)
+    np.testing.assert_array_equal(mapped.best_alphas, in_memory.best_alphas)
+    # float32: batches of other widths round differently inside the GEMMs
+    np.testing.assert_allclose(mapped.coef, in_memory.coef, rtol=1e-4,
+                               atol=1e-5 * np.abs(in_memory.coef).max())
