@@ -38,6 +38,7 @@ import numpy as np
 __all__ = [
     "HEMISPHERES",
     "ROI_CLASSES",
+    "ROI_NAMES",
     "FSAVERAGE_MESHES",
     "DatasetError",
     "SubjectData",
@@ -47,14 +48,17 @@ __all__ = [
 ]
 
 HEMISPHERES = ("lh", "rh")
-ROI_CLASSES = (
-    "prf-visualrois",
-    "floc-bodies",
-    "floc-faces",
-    "floc-places",
-    "floc-words",
-    "streams",
-)
+#: ROI names per class in label order (label k is the k-th name, 0 is 'Unknown'), as in the
+#: Algonauts 2023 ``mapping_<class>.npy`` files (REFERENCE.md section 2).
+ROI_NAMES: dict[str, tuple[str, ...]] = {
+    "prf-visualrois": ("V1v", "V1d", "V2v", "V2d", "V3v", "V3d", "hV4"),
+    "floc-bodies": ("EBA", "FBA-1", "FBA-2", "mTL-bodies"),
+    "floc-faces": ("OFA", "FFA-1", "FFA-2", "mTL-faces", "aTL-faces"),
+    "floc-places": ("OPA", "PPA", "RSC"),
+    "floc-words": ("OWFA", "VWFA-1", "VWFA-2", "mfs-words", "mTL-words"),
+    "streams": ("early", "midventral", "midlateral", "midparietal", "ventral", "lateral", "parietal"),
+}
+ROI_CLASSES = tuple(ROI_NAMES)
 # Vertices per hemisphere of the icosahedral fsaverage meshes (FreeSurfer); the mask length
 # tells which mesh a dataset lives on. Algonauts 2023 uses the full fsaverage.
 FSAVERAGE_MESHES = {

@@ -63,6 +63,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from neuroenc.data.algonauts import ROI_NAMES
 from neuroenc.metrics import noise_ceiling_from_ncsnr
 
 __all__ = [
@@ -83,14 +84,7 @@ N_FSAVERAGE5_VERTICES = 10242
 
 #: ROI classes and names in label order (label k = position k, 0 = 'Unknown'), as in the
 #: Algonauts 2023 ``mapping_<class>.npy`` files.
-ROI_CLASSES: dict[str, tuple[str, ...]] = {
-    "prf-visualrois": ("V1v", "V1d", "V2v", "V2d", "V3v", "V3d", "hV4"),
-    "floc-bodies": ("EBA", "FBA-1", "FBA-2", "mTL-bodies"),
-    "floc-faces": ("OFA", "FFA-1", "FFA-2", "mTL-faces", "aTL-faces"),
-    "floc-places": ("OPA", "PPA", "RSC"),
-    "floc-words": ("OWFA", "VWFA-1", "VWFA-2", "mfs-words", "mTL-words"),
-    "streams": ("early", "midventral", "midlateral", "midparietal", "ventral", "lateral", "parietal"),
-}
+ROI_CLASSES: dict[str, tuple[str, ...]] = ROI_NAMES
 
 #: Semantic categories the scenes are composed of; the category ROIs prefer the first four.
 CATEGORIES = ("face", "body", "place", "word", "vehicle", "food", "animal")
