@@ -130,13 +130,15 @@ def main() -> None:
                     out = backbone.forward_features(b)
                 if cuda:
                     torch.cuda.synchronize()
+                elapsed = time.perf_counter() - t0
             backbone.module.to(memory_format=torch.contiguous_format)
-            return time.perf_counter() - t0, out
+            return elapsed, out
 
         # extract_features runs convolutional models channels-last: compare like for like,
         # and show what a plain loop in the default layout gets.
         t_plain, feats = bare(torch.contiguous_format)
         t_bare, _ = bare(torch.channels_last)
+        dim = sum(int(np.prod(f.shape[1:])) for f in feats.values())
         print(f"decode + preprocess in the main process (serial): {t_pre:.2f} s "
               f"({n / t_pre:.0f} images/s)")
         print(f"bare forward_features: {t_bare:.2f} s ({n / t_bare:.1f} images/s) channels-last, "

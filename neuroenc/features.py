@@ -206,8 +206,6 @@ def extract_features(backbone: ImageBackbone, images: Sequence[Path], context: R
     # 11.8-12.9. Features are the same up to float rounding; the module is put back in
     # the default layout afterwards (it may be trained next).
     channels_last = any(isinstance(m, torch.nn.Conv2d) for m in module.modules())
-    if channels_last:
-        module.to(memory_format=torch.channels_last)
     loader = torch.utils.data.DataLoader(
         ImageFolderDataset(images, backbone.preprocess), batch_size=context.batch_size,
         num_workers=context.num_workers, shuffle=False, pin_memory=cuda,
@@ -216,7 +214,7 @@ def extract_features(backbone: ImageBackbone, images: Sequence[Path], context: R
         torch.autocast("cpu", enabled=False)
     model_name = backbone.identity().get("model_name", "?")
 
-    with atomic_dir(entry) as tmp, _restore_layout(module, channels_last):
+    with atomic_dir(entry) as tmp, _channels_last(module, channels_last):
         writer = _Writer(tmp, len(images), images, model_name)
         with context.progress(f"{description} ({len(images)} images)", len(images)) as advance, \
                 torch.inference_mode(), autocast:
@@ -334,13 +332,16 @@ class _Writer:
 
 
 @contextlib.contextmanager
-def _restore_layout(module, changed: bool):
-    """On exit, put a module moved to channels-last back into the default layout."""
+def _channels_last(module, enabled: bool):
+    """Run the block with ``module`` in channels-last layout, then restore the default."""
+    if not enabled:
+        yield
+        return
+    module.to(memory_format=_torch().channels_last)
     try:
         yield
     finally:
-        if changed:
-            module.to(memory_format=_torch().contiguous_format)
+        module.to(memory_format=_torch().contiguous_format)
 
 
 def _torch():
