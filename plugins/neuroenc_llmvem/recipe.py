@@ -37,11 +37,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from neuroenc import Component
-from neuroenc.cache import atomic_path, hash_files, stable_hash
+from neuroenc.cache import atomic_path, stable_hash
 from neuroenc.config import (AlignmentLossRef, BackboneRef, CaptionerRef, ComponentRef, MapperRef,
                              TextEncoderRef)
 from neuroenc.context import seed_everything
-from neuroenc.features import ImageFolderDataset, extract_features
+from neuroenc.features import ImageFolderDataset, extract_features, hash_images
 from neuroenc.records import Slot
 
 HEAD_PATTERNS = ("head.*", "projection.*", "alignment.*")
@@ -182,7 +182,7 @@ class LLMVEMModel:
         key = stable_hash({
             "recipe": "llm-vem", "params": self.params.model_dump(mode="json"),
             "subject": data.subject, "fmri": [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in fmri],
-            "images": hash_files(data.train_images), "train_index": stable_hash(train_index.tolist()),
+            "images": hash_images(data.train_images, self.context.cache_dir / "file-hashes"), "train_index": stable_hash(train_index.tolist()),
             "seed": self.context.seed, "torch": torch.__version__,
         }, length=24)
         return self.context.cache_dir / "training" / f"{data.subject}-{key}.pt"
