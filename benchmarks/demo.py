@@ -99,8 +99,8 @@ class StageTracker:
 
 
 def instrument(tracker: StageTracker) -> None:
-    import neuroenc.data.algonauts as algonauts
-    import neuroenc.data.demo as demo
+    import neuroenc_builtins.algonauts as algonauts
+    import neuroenc_builtins.demo as demo
     import neuroenc.metrics as metrics
     import neuroenc.ridge as ridge
     import neuroenc.runner as runner

@@ -61,7 +61,7 @@ def make_images(folder: Path, n: int, size: int, seed: int = 0) -> list[Path]:
 
 
 def demo_images(cache: Path, n: int) -> list[Path]:
-    from neuroenc.data.demo import ensure_demo_dataset
+    from neuroenc_builtins.demo import ensure_demo_dataset
 
     root = ensure_demo_dataset(cache / "demo-data", subjects=(1,), n_train=max(n, 20), n_test=10,
                                image_size=128, seed=0, progress=False)

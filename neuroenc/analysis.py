@@ -38,7 +38,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from neuroenc.results import load_run, read_netcdf, roi_class_summary, roi_coords, roi_summary
+from neuroenc.results import (ROI_PREFIX, load_run, read_netcdf, roi_class_summary, roi_coords,
+                              roi_summary)
 
 __all__ = [
     "MODEL_DIM",
@@ -54,11 +55,10 @@ __all__ = [
     "leading_models",
     "bootstrap_median_ci",
     "roi_order",
+    "dataset_roi_order",
 ]
 
 MODEL_DIM = "model"
-# The coordinates every result has, checked to agree between the stacked models.
-_VERTEX_COORDS = ("hemisphere", "challenge_index", "fsaverage_index")
 
 
 # --------------------------------------------------------------------------- loading
@@ -179,10 +179,14 @@ def load_results(run_dirs: str | Path | Iterable[str | Path], *,
 def _stack_models(subject: str, by_model: Mapping[str, xr.Dataset]) -> xr.Dataset:
     names = list(by_model)
     first = by_model[names[0]]
+    # The unit coordinates (hemisphere, fsaverage_index, voxel_i ...; not ROI labels)
+    # must agree between the stacked models.
+    unit_coords = [str(c) for c in first.coords if first[c].dims == ("vertex",)
+                   and not str(c).startswith(ROI_PREFIX)]
     for name in names[1:]:
         ds = by_model[name]
-        for coord in _VERTEX_COORDS:
-            if ds.sizes["vertex"] != first.sizes["vertex"] or not np.array_equal(
+        for coord in unit_coords:
+            if ds.sizes["vertex"] != first.sizes["vertex"] or coord not in ds.coords or not np.array_equal(
                     ds[coord].values, first[coord].values):
                 raise ValueError(
                     f"{subject}: model {name!r} ({ds.attrs.get('run_dir')}) has different "
@@ -346,18 +350,31 @@ def model_difference(results: Mapping[str, xr.Dataset] | xr.Dataset, model_a: st
 # --------------------------------------------------------------------------- summaries
 
 
-def roi_order(names: Iterable[str]) -> list[str]:
-    """Return ROI names in the Algonauts label order (V1v, V1d, V2v ...), unknown ones last.
+def dataset_roi_order(source: xr.Dataset | pd.DataFrame | Mapping) -> list[str]:
+    """Return the ROI names of a result in their dataset's conventional (label) order.
+
+    Readers give it (:attr:`neuroenc.data.subject.SubjectData.roi_order`); results keep
+    it as the ``roi_order`` attribute (JSON), tables from :func:`roi_table` as
+    ``table.attrs["roi_order"]``. Empty when the result does not say.
+    """
+    attrs = source.attrs if hasattr(source, "attrs") else source
+    raw = attrs.get("roi_order", "")
+    order = json.loads(raw) if isinstance(raw, str) and raw else (raw or {})
+    return [name for names in order.values() for name in names]
+
+
+def roi_order(names: Iterable[str], known: Iterable[str] | xr.Dataset | pd.DataFrame = ()) -> list[str]:
+    """Return ROI names sorted by a known order (e.g. V1v, V1d, V2v ...), unknown ones last.
 
     Results keep ROI names, not label numbers, so tables and plots would otherwise show
-    ROIs in the order their first vertex happens to appear.
+    ROIs in the order their first vertex happens to appear. ``known`` is a sequence of
+    names or a result / table whose :func:`dataset_roi_order` is used.
     """
-    from neuroenc.data.demo import ROI_CLASSES  # the Algonauts 2023 mapping_<class>.npy order
-
-    rank = {name: i for i, name in enumerate(n for names_ in ROI_CLASSES.values() for n in names_)}
+    if isinstance(known, (xr.Dataset, pd.DataFrame)):
+        known = dataset_roi_order(known)
+    rank = {name: i for i, name in enumerate(known)}
     names = list(dict.fromkeys(names))
     return sorted(names, key=lambda n: (rank.get(n, len(rank)), names.index(n)))
-
 
 
 def bootstrap_median_ci(values: np.ndarray, *, n_boot: int = 1000, confidence: float = 0.95,
@@ -481,6 +498,8 @@ def roi_table(results: Mapping[str, xr.Dataset] | xr.Dataset | Iterable[xr.Datas
                        f"{', '.join(per_vertex_variables(models[0]))}")
     table = pd.concat(frames, ignore_index=True)
     table.attrs["variable"] = variable
+    table.attrs["roi_order"] = {"all": list(dict.fromkeys(
+        name for ds in models for name in dataset_roi_order(ds)))}
     return table
 
 

@@ -61,7 +61,7 @@ def run(
     block: Block = None,
 ) -> None:
     """Train and score every model of REGISTRY_FILE on every subject; write a results folder."""
-    from neuroenc.data.algonauts import DatasetError
+    from neuroenc_builtins.algonauts import DatasetError
     from neuroenc.runner import run_registry
 
     registry, manager = _load(registry_file, strict, block)
@@ -182,7 +182,7 @@ def demo_data(
     seed: int = 0,
 ) -> None:
     """Write the embedded demo dataset (Algonauts 2023 layout, fsaverage5) into PATH."""
-    from neuroenc.data.demo import generate_demo_dataset
+    from neuroenc_builtins.demo import generate_demo_dataset
 
     if path.exists() and any(path.iterdir()):
         _fail(ValueError(f"{path}: folder exists and is not empty; choose a new path"))

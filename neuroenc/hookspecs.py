@@ -35,10 +35,12 @@ def neuroenc_datasets() -> list[Component]:
     Called when a registry's ``dataset.kind`` is resolved. The factory builds a
     :class:`neuroenc.interfaces.DatasetReader`: ``subjects()`` lists the subject ids
     it can serve and ``load(subject)`` returns a
-    :class:`neuroenc.data.algonauts.SubjectData` (images, responses per hemisphere,
-    ROI labels, fsaverage masks, noise ceilings). The params model receives the keys of
-    the registry's ``dataset:`` block other than ``kind`` and ``subjects``.
-    Built-in: ``algonauts2023``, ``demo``.
+    :class:`neuroenc.data.subject.SubjectData` (stimuli and responses per split, unit
+    coordinates on a surface or in a volume, ROI labels, noise ceiling, metadata). An
+    optional ``resolve_subject(value)`` maps what users write in ``dataset.subjects``
+    to an id. The params model receives the keys of the registry's ``dataset:`` block
+    other than ``kind`` and ``subjects``. Built-in: ``algonauts2023``, ``demo``,
+    ``folder`` (docs/datasets.md).
     """
 
 
@@ -119,6 +121,8 @@ def neuroenc_recipes() -> list[Component]:
     the params model annotated with :class:`neuroenc.records.Slot` reference other
     components by name and are validated against their kind. The factory builds a
     :class:`neuroenc.interfaces.EncodingModel` with ``fit(subject_data, train_index)``
-    and ``predict(subject_data, split, index)``. Built-in: ``frozen-features``
+    and ``predict(subject_data, split, index)`` (an array, or a
+    :class:`neuroenc.interfaces.Prediction` with named parts), and optionally
+    ``vertex_maps()`` (per-vertex values learnt in ``fit``) and ``derived_scores(scores)``. Built-in: ``frozen-features``
     (backbone features -> voxel mapper); LLM-VEM adds its two-stage trainer.
     """

@@ -1,13 +1,15 @@
 """What each kind of component must provide once built (structural protocols).
 
 Plugins need not inherit from these classes; they document the methods the pipeline
-calls. Array shapes use the field's words: ``n_images``, ``n_vertices`` (lh then rh
-concatenated, the challenge-space vertices of one subject), ``n_features``.
+calls. Array shapes use the field's words: ``n_images``, ``n_vertices`` (the subject's
+units: surface vertices, lh then rh, or volume voxels; see
+:mod:`neuroenc.data.subject`), ``n_features``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -17,13 +19,17 @@ if TYPE_CHECKING:  # imported for annotations only, to keep plugin import light
     import torch
     from PIL import Image
 
-    from neuroenc.data.algonauts import SubjectData
+    from neuroenc.data.subject import SubjectData
 
 Split = Literal["train", "test"]
 
 
 @runtime_checkable
 class DatasetReader(Protocol):
+    """Serves subjects. May also have ``resolve_subject(value) -> str``, mapping what a
+    user writes in ``dataset.subjects`` (``1``, ``'01'``) to a subject id; without it
+    the value is used as written."""
+
     def subjects(self) -> list[str]:
         """Return the subject ids this reader serves, e.g. ``['subj01', 'subj02']``."""
 
@@ -88,10 +94,41 @@ class Metric(Protocol):
         """Return one value per vertex, or None when the metric does not apply."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """What :meth:`EncodingModel.predict` may return instead of a bare array.
+
+    Attributes
+    ----------
+    responses : ndarray of shape (n_images, n_vertices)
+        The model's predictions.
+    parts : mapping of str to ndarray of shape (n_images, n_vertices)
+        Predictions of named sub-models (e.g. a banded model's ``image`` and ``text``
+        bands). The runner scores each with every metric, as ``<metric>_<part>``.
+    """
+
+    responses: np.ndarray
+    parts: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+
 @runtime_checkable
 class EncodingModel(Protocol):
+    """A fitted model of one subject.
+
+    Optional methods the runner uses when present:
+
+    ``vertex_maps() -> dict[str, ndarray of shape (n_vertices,)]``
+        Per-vertex quantities learnt from the training data (a receptive field's
+        position, the chosen alpha ...), written into the results beside the scores.
+    ``derived_scores(scores) -> dict[str, ndarray of shape (n_vertices,)]``
+        Maps computed from the runner's per-vertex scores of the prediction and its
+        parts (``{'r2': ..., 'r2_image': ...}``), e.g. variance partitions. A recipe
+        never sees the measured responses of the scored images.
+    """
+
     def fit(self, data: SubjectData, train_index: np.ndarray) -> None:
         """Fit on the training images ``train_index`` (indices into the training split)."""
 
-    def predict(self, data: SubjectData, split: Split, index: np.ndarray | None = None) -> np.ndarray:
+    def predict(self, data: SubjectData, split: Split,
+                index: np.ndarray | None = None) -> np.ndarray | Prediction:
         """Return predictions (n_images, n_vertices) for ``split`` (all images, or ``index``)."""

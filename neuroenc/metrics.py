@@ -16,6 +16,8 @@ __all__ = [
     "r2_score",
     "noise_normalized_score",
     "noise_ceiling_from_ncsnr",
+    "ncsnr_from_trials",
+    "noise_ceiling_from_trials",
     "challenge_score",
 ]
 
@@ -130,6 +132,59 @@ def noise_ceiling_from_ncsnr(ncsnr: np.ndarray, n_trials_per_image: np.ndarray) 
     noise_term = float(np.mean(1.0 / n_trials))
     snr2 = ncsnr**2
     return snr2 / (snr2 + noise_term)
+
+
+def ncsnr_from_trials(trials: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return NSD's noise-ceiling SNR per unit and the number of repeats per image.
+
+    Allen et al. (2022): the noise variance is the within-image variance of single
+    trials pooled over images (each image with ``n - 1`` degrees of freedom), the
+    signal variance is the total variance minus the noise variance (clipped at 0), and
+    ``ncsnr = sqrt(signal variance) / sqrt(noise variance)``. NSD z-scores trials per
+    session, so its total variance is 1; here it is measured, which gives NSD's value
+    for z-scored data and stays meaningful for data in other units.
+
+    Parameters
+    ----------
+    trials : ndarray of shape (n_repeats, n_images, n_units)
+        Single-trial responses; NaN where an image was shown fewer than ``n_repeats``
+        times (the same images for every unit).
+
+    Returns
+    -------
+    ncsnr : ndarray of shape (n_units,)
+    n_trials_per_image : ndarray of int of shape (n_images,)
+    """
+    trials = np.asarray(trials, dtype=np.float64)
+    if trials.ndim != 3:
+        raise ValueError(f"single trials of shape {trials.shape}; expected (n_repeats, n_images, n_units)")
+    finite = np.isfinite(trials)
+    counts = finite[:, :, 0].sum(axis=0)
+    if not (finite == finite[:, :, :1]).all():
+        raise ValueError("the missing (NaN) trials differ between units; expected the same "
+                         "repeats of each image for every unit")
+    if (counts == 0).any():
+        raise ValueError(f"{int((counts == 0).sum())} images have no trial; expected at least one each")
+    if (counts >= 2).sum() == 0:
+        raise ValueError("no image was shown twice; the noise ceiling needs repeats")
+    means = np.nanmean(trials, axis=0)
+    resid = np.where(finite, trials - means[None], 0.0)
+    noise_var = (resid**2).sum(axis=(0, 1)) / float((counts - 1).sum())
+    total_var = np.nanvar(trials.reshape(-1, trials.shape[2]), axis=0, ddof=1)
+    signal_var = np.clip(total_var - noise_var, 0.0, None)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ncsnr = np.where(noise_var > 0, np.sqrt(signal_var) / np.sqrt(noise_var), 0.0)
+    return ncsnr, counts
+
+
+def noise_ceiling_from_trials(trials: np.ndarray) -> np.ndarray:
+    """Return the noise ceiling (fraction in [0, 1]) of repeat-averaged responses per unit.
+
+    :func:`ncsnr_from_trials` then :func:`noise_ceiling_from_ncsnr` with the number of
+    repeats of each image, as NSD and the Algonauts 2023 challenge compute it.
+    """
+    ncsnr, counts = ncsnr_from_trials(trials)
+    return noise_ceiling_from_ncsnr(ncsnr, counts)
 
 
 def challenge_score(scores: np.ndarray) -> float:

@@ -37,9 +37,9 @@ import pandas as pd
 import xarray as xr
 
 from neuroenc.analysis import (MODEL_DIM, across_subjects, default_variable, per_vertex_variables,
-                               roi_order, roi_table, select_model)
+                               dataset_roi_order, roi_order, roi_table, select_model)
 from neuroenc.cache import atomic_path
-from neuroenc.data.algonauts import FSAVERAGE_MESHES, HEMISPHERES
+from neuroenc.data.subject import FSAVERAGE_MESHES, HEMISPHERES
 from neuroenc.results import roi_coords
 
 if TYPE_CHECKING:
@@ -257,7 +257,7 @@ def _roi_label_maps(data: xr.Dataset | xr.DataArray, roi_classes: Sequence[str],
         if cls not in coords:
             raise KeyError(f"no ROI class {cls!r} in the result; found: {', '.join(coords)}")
         roi = data[coords[cls]].values.astype(str)
-        for name in roi_order(n for n in roi if n not in ("", "Unknown")):
+        for name in roi_order((n for n in roi if n not in ("", "Unknown")), data):
             names.append(name)
             sel = roi == name
             for hemi in HEMISPHERES:
@@ -650,7 +650,7 @@ def plot_roi_comparison(results: Mapping[str, xr.Dataset] | xr.Dataset,
             table = table[table.model.isin(names)]
         if roi_class is not None:
             table = table[table.roi_class == roi_class]
-            groups = roi_order(table.roi)
+            groups = roi_order(table.roi, table)
             key = "roi"
         else:
             groups = list(dict.fromkeys(table.roi_class))
@@ -737,7 +737,7 @@ def _box_samples(results: Mapping[str, xr.Dataset], names: Sequence[str], variab
             else:
                 coord = next(c for c, cls in coords.items() if cls == roi_class)
                 labels = one[coord].values.astype(str)
-                for roi in roi_order(r for r in labels if r not in ("", "Unknown")):
+                for roi in roi_order((r for r in labels if r not in ("", "Unknown")), one):
                     samples[model].setdefault(roi, []).append(values[labels == roi])
                     if roi not in groups:
                         groups.append(roi)
@@ -801,7 +801,8 @@ def plot_model_scatter(results: Mapping[str, xr.Dataset] | xr.Dataset, model_a: 
         from matplotlib import colormaps
 
         palette = colormaps["tab10"]
-        for i, roi in enumerate(roi_order(r for r in set(labels) if r not in ("", "Unknown"))):
+        known = [n for ds in results.values() for n in dataset_roi_order(ds)]
+        for i, roi in enumerate(roi_order((r for r in set(labels) if r not in ("", "Unknown")), known)):
             sel = labels == roi
             ax.scatter(x[sel], y[sel], s=size, alpha=0.6, color=palette(i % 10), linewidths=0,
                        label=roi, rasterized=True)

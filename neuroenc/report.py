@@ -312,7 +312,7 @@ def write_report(run_dir: str | Path, out_path: str | Path | None = None, *,
              f"95% CI of the median over vertices ({n_boot} resamples, seed {seed}).")
     doc.raw("<details><summary>show the table "
             f"({len(per_roi)} rows)</summary>")
-    order = {r: i for i, r in enumerate(roi_order(per_roi.roi))}
+    order = {r: i for i, r in enumerate(roi_order(per_roi.roi, per_roi))}
     per_roi = per_roi.sort_values(["model", "subject", "roi_class"], kind="stable")
     per_roi = per_roi.assign(_o=per_roi.roi.map(order)).sort_values(
         ["model", "subject", "_o"], kind="stable").drop(columns="_o")

@@ -20,6 +20,7 @@ import pandas as pd
 import xarray as xr
 
 from neuroenc.cache import atomic_path
+from neuroenc.data.subject import ROI_PREFIX
 
 __all__ = [
     "ROI_PREFIX",
@@ -36,7 +37,6 @@ __all__ = [
     "load_run",
 ]
 
-ROI_PREFIX = "roi_"
 NETCDF_ENGINE = "h5netcdf"
 
 
@@ -57,7 +57,7 @@ def result_dataset(*, model: str, subject: str, vertex_coords: Mapping[str, np.n
     ----------
     model, subject : str
     vertex_coords : mapping of str to ndarray of shape (n_vertices,)
-        As :meth:`neuroenc.data.algonauts.SubjectData.vertex_coords` returns them.
+        As :meth:`neuroenc.data.subject.SubjectData.vertex_coords` returns them.
     scores : mapping of str to ndarray of shape (n_vertices,)
         One entry per metric.
     noise_ceiling : ndarray of shape (n_vertices,) or None
@@ -81,11 +81,16 @@ def result_dataset(*, model: str, subject: str, vertex_coords: Mapping[str, np.n
 
 def predictions_dataset(*, model: str, subject: str, split: str, predictions: np.ndarray,
                         vertex_coords: Mapping[str, np.ndarray], image_names: Sequence[str],
-                        nsd_ids: np.ndarray) -> xr.Dataset:
-    """Return predictions of shape (n_images, n_vertices) as a Dataset with image labels."""
+                        image_ids: np.ndarray) -> xr.Dataset:
+    """Return predictions of shape (n_images, n_vertices) as a Dataset with image labels.
+
+    Coordinates along ``image``: the file name and ``image_id`` (the dataset's stimulus
+    id: the NSD id for Algonauts data, the file stem for a ``folder`` dataset).
+    """
     coords = _vertex_coords(vertex_coords)
+    ids = np.asarray(image_ids)
     coords.update(image=("image", np.asarray(image_names, dtype=str)),
-                  nsd_id=("image", np.asarray(nsd_ids, dtype=np.int64)))
+                  image_id=("image", ids.astype(np.int64) if ids.dtype.kind in "iu" else ids.astype(str)))
     return xr.Dataset({"predicted": (("image", "vertex"), np.asarray(predictions, np.float32))},
                       coords=coords, attrs={"model": model, "subject": subject, "split": split})
 
@@ -119,12 +124,16 @@ def read_netcdf(path: str | Path) -> xr.Dataset:
 
 
 def export_submission(predictions: np.ndarray, n_vertices: Mapping[str, int], folder: str | Path) -> list[Path]:
-    """Write ``{lh,rh}_pred_test.npy`` in the challenge's submission layout; return the paths.
+    """Write one ``<group>_pred_test.npy`` per unit group; return the paths.
+
+    For surface data the groups are the hemispheres, which is the Algonauts 2023
+    challenge's submission layout (``{lh,rh}_pred_test.npy``); other data is one group
+    (``all_pred_test.npy``). Groups as :meth:`neuroenc.data.subject.SubjectData.unit_blocks`.
 
     Parameters
     ----------
-    predictions : ndarray of shape (n_test_images, n_lh + n_rh)
-    n_vertices : mapping ``{'lh': n_lh, 'rh': n_rh}``
+    predictions : ndarray of shape (n_test_images, n_vertices)
+    n_vertices : mapping ``{group: n_units}`` in column order, e.g. ``{'lh': n_lh, 'rh': n_rh}``
     folder : the subject's folder, e.g. ``.../submission/subj01``
     """
     folder = Path(folder)

@@ -32,7 +32,8 @@ import yaml
 from neuroenc.cache import atomic_path, write_json_atomic
 from neuroenc.config import Registry, default_cache_dir
 from neuroenc.context import RunContext, resolve_device, seed_everything
-from neuroenc.data.algonauts import DatasetError, subject_id
+from neuroenc.data.subject import DatasetError
+from neuroenc.interfaces import Prediction
 from neuroenc.plugins import PluginManager
 from neuroenc.results import (combine_sweep, export_submission, predictions_dataset,
                               result_dataset, roi_class_summary, summarize, write_netcdf)
@@ -109,15 +110,17 @@ def _point_latest(run_dir: Path) -> None:
         pass
 
 
-def _subjects(registry: Registry, available: list[str]) -> list[str]:
+def _subjects(registry: Registry, reader) -> list[str]:
+    available = reader.subjects()
     if registry.dataset.subjects == "all":
         if not available:
             raise DatasetError(f"dataset.subjects: 'all', but the {registry.dataset.kind} "
                                "dataset has no subjects")
         return available
+    resolve = getattr(reader, "resolve_subject", str)
     chosen = []
     for value in registry.dataset.subjects:
-        sid = subject_id(value)
+        sid = resolve(value)
         if sid not in available:
             raise DatasetError(f"dataset.subjects: {value!r} ({sid}) is not in the "
                                f"{registry.dataset.kind} dataset; available: {', '.join(available)}")
@@ -134,7 +137,7 @@ def _evaluation_split(registry: Registry, data, seed: int) -> tuple[str, np.ndar
     if mode == "test":
         if not data.has_test_responses:
             raise DatasetError(f"{data.subject}: evaluation.split is 'test' but this subject has "
-                               "no test_split/test_fmri; use split: holdout (or auto)")
+                               "no test responses; use split: holdout (or auto)")
         return "test", np.arange(n_train), np.arange(len(data.test_images))
     rng = np.random.default_rng(seed)
     n_holdout = max(2, int(round(registry.evaluation.holdout_fraction * n_train)))
@@ -180,7 +183,7 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
 
     t0 = time.perf_counter()
     reader = context.build("dataset", {"name": registry.dataset.kind, **registry.dataset.params})
-    subjects = _subjects(registry, reader.subjects())
+    subjects = _subjects(registry, reader)
     timings["dataset"] = time.perf_counter() - t0
     metrics = {name: context.build("metric", name) for name in registry.evaluation.metrics}
 
@@ -195,14 +198,15 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
             measured = data.responses("test")
             noise_ceiling = data.noise_ceiling() if data.has_noise_ceiling else None
             eval_images = data.test_images
-            eval_ids = data.test_nsd_ids
+            eval_ids = data.image_ids["test"]
         else:
             measured = data.responses("train")[eval_index]
-            noise_ceiling = None  # NSD's noise ceiling is defined for the test images only
+            noise_ceiling = None  # a noise ceiling is defined for the test images only
             eval_images = [data.train_images[i] for i in eval_index]
-            eval_ids = data.train_nsd_ids[eval_index]
+            eval_ids = data.image_ids["train"][eval_index]
+        space = data.metadata.get("space") or "unknown space"
         log(f"{subject}: {len(train_index)} training images, {len(eval_index)} scored on the "
-            f"{split} split, {measured.shape[1]} vertices ({data.fsaverage_mesh})")
+            f"{split} split, {measured.shape[1]} vertices ({space})")
 
         sweeps: dict[str, list[tuple[dict, object]]] = {}
         for variant in registry.variants():
@@ -212,28 +216,20 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
             model = context.build("recipe", {"name": variant.recipe, **variant.params})
             model.fit(data, train_index)
             eval_split = "test" if split == "test" else "train"
-            predicted = model.predict(data, eval_split, None if split == "test" else eval_index)
-            if predicted.shape != measured.shape:
-                raise ValueError(f"model {model_name!r} predicted shape {predicted.shape} for "
-                                 f"{subject}, expected {measured.shape}")
-            scores = {}
-            for metric_name, metric in metrics.items():
-                value = metric(measured, predicted, noise_ceiling)
-                if value is not None:
-                    scores[metric_name] = value
-            # per-vertex maps a recipe computes itself (e.g. variance partitioning)
-            for extra_name, value in (getattr(model, "extra_scores", None) or {}).items():
-                if extra_name in scores:
-                    raise ValueError(f"model {model_name!r}: extra score {extra_name!r} clashes "
-                                     "with a metric of the same name")
-                scores[extra_name] = value
+            predicted, parts = _unpack(model.predict(data, eval_split,
+                                                     None if split == "test" else eval_index))
+            for part_name, values in {"prediction": predicted, **parts}.items():
+                if values.shape != measured.shape:
+                    raise ValueError(f"model {model_name!r} predicted shape {values.shape} "
+                                     f"({part_name}) for {subject}, expected {measured.shape}")
+            scores = _score(model_name, model, metrics, measured, predicted, parts, noise_ceiling)
             folder = run_dir / "models" / model_name / subject
             ds = result_dataset(
                 model=model_name, subject=subject, vertex_coords=coords, scores=scores,
                 noise_ceiling=noise_ceiling,
                 attrs={"dataset": registry.dataset.kind, "split": split,
                        "n_train_images": len(train_index), "n_scored_images": len(eval_index),
-                       "fsaverage_mesh": data.fsaverage_mesh, "seed": registry.seed,
+                       **data.result_attrs(), "seed": registry.seed,
                        "device": device, "model_config": {"recipe": variant.recipe, **variant.params},
                        "sweep_base": variant.base, "sweep_point": variant.point,
                        "training_history": getattr(model, "history", None) or [],
@@ -242,10 +238,16 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
             write_netcdf(predictions_dataset(
                 model=model_name, subject=subject, split=split, predictions=predicted,
                 vertex_coords=coords, image_names=[p.name for p in eval_images],
-                nsd_ids=eval_ids), folder / "predictions.nc")
-            test_predictions = predicted if split == "test" else model.predict(data, "test")
-            export_submission(test_predictions, data.n_vertices,
-                              run_dir / "submission" / model_name / subject)
+                image_ids=eval_ids), folder / "predictions.nc")
+            if split == "test":
+                test_predictions = predicted
+            elif data.test_images:
+                test_predictions = _unpack(model.predict(data, "test"))[0]
+            else:
+                test_predictions = None
+            if test_predictions is not None:
+                export_submission(test_predictions, data.unit_blocks(),
+                                  run_dir / "submission" / model_name / subject)
             results.append(ds)
             if variant.point:
                 sweeps.setdefault(variant.base, []).append((variant.point, ds))
@@ -273,6 +275,37 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
     write_json_atomic(run_dir / "environment.json", environment)
     _point_latest(run_dir)
     return RunResult(run_dir=run_dir, summary=summary, timings=timings, sweep=sweep_table)
+
+
+def _unpack(output) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Return ``(predictions, parts)`` from a recipe's ``predict`` (array or Prediction)."""
+    if isinstance(output, Prediction):
+        return (np.asarray(output.responses, dtype=np.float32),
+                {k: np.asarray(v, dtype=np.float32) for k, v in output.parts.items()})
+    return np.asarray(output, dtype=np.float32), {}
+
+
+def _score(model_name: str, model, metrics: dict, measured: np.ndarray, predicted: np.ndarray,
+           parts: dict[str, np.ndarray], noise_ceiling) -> dict[str, np.ndarray]:
+    """Return every per-vertex variable of one result: metrics of the prediction and of
+    its parts (``<metric>_<part>``), the recipe's derived scores and its vertex maps."""
+    scores: dict[str, np.ndarray] = {}
+    for metric_name, metric in metrics.items():
+        for part_name, values in {"": predicted, **parts}.items():
+            value = metric(measured, values, noise_ceiling)
+            if value is not None:
+                scores[f"{metric_name}_{part_name}" if part_name else metric_name] = value
+    extras = {}
+    if hasattr(model, "derived_scores"):
+        extras.update(model.derived_scores(dict(scores)) or {})
+    if hasattr(model, "vertex_maps"):
+        extras.update(model.vertex_maps() or {})
+    for extra_name, value in extras.items():
+        if extra_name in scores:
+            raise ValueError(f"model {model_name!r}: per-vertex map {extra_name!r} clashes "
+                             "with a metric of the same name")
+        scores[extra_name] = np.asarray(value, dtype=np.float32)
+    return scores
 
 
 def sweep_summary(results: list, variable: str) -> pd.DataFrame | None:

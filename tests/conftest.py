@@ -33,7 +33,7 @@ def manager():
 @pytest.fixture(scope="session")
 def small_demo_root(tmp_path_factory) -> Path:
     """A small demo dataset (2 subjects, 120 train / 40 test images), generated once."""
-    from neuroenc.data.demo import generate_demo_dataset
+    from neuroenc_builtins.demo import generate_demo_dataset
 
     root = tmp_path_factory.mktemp("demo") / "data"
     return generate_demo_dataset(root, subjects=(1, 2), n_train=120, n_test=40, image_size=64,

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from algonauts_fixture import ROI_CLASS_NAMES, write_tiny_algonauts
 
-from neuroenc.data import algonauts
-from neuroenc.data.algonauts import (
+from neuroenc_builtins import algonauts
+from neuroenc_builtins.algonauts import (
     FSAVERAGE_MESHES,
     HEMISPHERES,
     ROI_CLASSES,

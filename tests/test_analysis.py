@@ -213,7 +213,11 @@ def test_long_table_and_model_difference(run):
 
 
 def test_roi_order_follows_the_algonauts_labels():
-    assert roi_order(["hV4", "V1d", "new", "V1v", "EBA"]) == ["V1v", "V1d", "hV4", "EBA", "new"]
+    from neuroenc_builtins.algonauts import ROI_NAMES
+
+    known = [n for names in ROI_NAMES.values() for n in names]
+    assert roi_order(["hV4", "V1d", "new", "V1v", "EBA"], known) == ["V1v", "V1d", "hV4", "EBA", "new"]
+    assert roi_order(["hV4", "V1d", "new"]) == ["hV4", "V1d", "new"]  # no known order: as seen
 
 
 def test_leading_models_keep_the_best_point_of_each_sweep(tmp_path):

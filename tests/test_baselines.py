@@ -157,7 +157,7 @@ def test_devkit_recipe_equals_the_pipeline_on_its_features(small_demo_root, cont
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from neuroenc.data.algonauts import read_subject
+    from neuroenc_builtins.algonauts import read_subject
     from neuroenc.features import extract_features
 
     data = read_subject(small_demo_root, "subj01")

@@ -410,7 +410,7 @@ def test_transformers_backend_runs_the_same_conversation(tiny_llava, images, mon
 
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory) -> Path:
-    from neuroenc.data.demo import generate_demo_dataset
+    from neuroenc_builtins.demo import generate_demo_dataset
 
     return generate_demo_dataset(tmp_path_factory.mktemp("demo") / "data", subjects=(1,),
                                  n_train=30, n_test=10, image_size=32)

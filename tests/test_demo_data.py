@@ -1,4 +1,4 @@
-"""Tests of the embedded demo dataset generator (neuroenc.data.demo).
+"""Tests of the embedded demo dataset generator (neuroenc_builtins.demo).
 
 One small dataset (2 subjects x (60 + 20) images of 64 px) is generated per session and
 checked for the Algonauts 2023 layout and for the properties of its ground truth that the
@@ -20,8 +20,8 @@ import pytest
 from PIL import Image
 from scipy.stats import spearmanr
 
-from neuroenc.data import demo
-from neuroenc.data.demo import DEMO_GENERATOR_VERSION, ensure_demo_dataset, generate_demo_dataset
+from neuroenc_builtins import demo
+from neuroenc_builtins.demo import DEMO_GENERATOR_VERSION, ensure_demo_dataset, generate_demo_dataset
 
 SMALL = dict(subjects=(1, 2), n_train=60, n_test=20, image_size=64, seed=0)
 TINY = dict(subjects=(1,), n_train=6, n_test=4, image_size=32, seed=3)

@@ -10,7 +10,7 @@ import torch
 
 from neuroenc.config import ComponentRef, ModelConfig, expand_model, set_dotted
 from neuroenc.context import RunContext
-from neuroenc.data.algonauts import read_subject
+from neuroenc_builtins.algonauts import read_subject
 from neuroenc_llmvem.heads import PCAHead, PCAHeadParams, pca_basis
 from neuroenc_llmvem.losses import ContrastiveLoss, ContrastiveParams, info_nce
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from neuroenc import plotting
 from neuroenc.analysis import across_subjects, load_results, roi_table
-from neuroenc.data.algonauts import read_subject
+from neuroenc_builtins.algonauts import read_subject
 from neuroenc.results import combine_sweep, result_dataset, write_netcdf
 
 VIEWS = ("lateral", "ventral")

@@ -13,7 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from neuroenc.analysis import challenge_scores, load_results
-from neuroenc.data.algonauts import read_subject
+from neuroenc_builtins.algonauts import read_subject
 from neuroenc.report import write_report
 from neuroenc.results import combine_sweep, result_dataset, write_netcdf
 from neuroenc.runner import sweep_summary

@@ -83,7 +83,7 @@ def test_run_writes_a_complete_results_folder(demo_run, small_demo_root):
 
 def test_scores_are_recomputable_from_saved_predictions(demo_run, small_demo_root):
     """The saved score equals the metric recomputed from saved predictions and measured data."""
-    from neuroenc.data.algonauts import read_subject
+    from neuroenc_builtins.algonauts import read_subject
     from neuroenc.metrics import noise_normalized_score, pearson_r
 
     folder, _ = demo_run
@@ -179,7 +179,7 @@ def test_demo_data_command(tmp_path):
     result = runner.invoke(app, ["demo-data", str(target), "--n-subjects", "1", "--n-train", "30",
                                  "--n-test", "10", "--image-size", "32"])
     assert result.exit_code == 0, result.output
-    from neuroenc.data.algonauts import read_subject
+    from neuroenc_builtins.algonauts import read_subject
 
     data = read_subject(target, 1)
     assert len(data.train_images) == 30 and data.has_noise_ceiling

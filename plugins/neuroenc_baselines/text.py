@@ -27,12 +27,14 @@
     than by gradient or random search. The single-band models are plain per-vertex
     cross-validated ridges.
 
-    ``predict`` returns the joint model's predictions (the run scores them with its
-    metrics); when the measured responses of the predicted images are known (the
-    scored split), the recipe also sets ``extra_scores`` to the per-vertex maps
+    ``predict`` returns the joint model's predictions with the image-only and text-only
+    predictions as parts (:class:`neuroenc.interfaces.Prediction`); the runner scores
+    all three on the scored split (``r2``, ``r2_image``, ``r2_text`` ...), and the
+    recipe's ``derived_scores`` turns those R^2 into the per-vertex maps
     ``vp_r2_image``, ``vp_r2_text``, ``vp_r2_joint``, ``vp_unique_image``,
-    ``vp_unique_text``, ``vp_shared`` and ``vp_text_weight`` (the chosen text-to-image
-    band weight ratio), which the runner stores beside the metrics.
+    ``vp_unique_text`` and ``vp_shared``; ``vp_text_weight`` (the chosen text-to-image
+    band weight ratio) comes from ``vertex_maps``. The recipe never sees the measured
+    responses of the scored images (the run needs ``r2`` among its metrics).
 
     On finite data the parts are estimates: a joint model that overfits can make a
     unique part slightly negative, and a shared part can be negative when the two
@@ -48,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from neuroenc import Component
 from neuroenc.config import BackboneRef, CaptionerRef, ComponentRef, MapperRef, TextEncoderRef
+from neuroenc.interfaces import Prediction
 from neuroenc.metrics import r2_score
 
 from .devkit import layer_features
@@ -313,11 +316,8 @@ class VariancePartitioningParams(BaseModel):
 class VariancePartitioningModel:
     """Image-only, text-only and joint banded ridge; unique and shared variance per vertex.
 
-    Attributes
-    ----------
-    extra_scores : dict of str to ndarray of shape (n_vertices,)
-        Set by :meth:`predict` when the predicted images' responses are known: the maps
-        listed in the module docstring. The runner stores them in the results.
+    The maps listed in the module docstring come from :meth:`derived_scores` and
+    :meth:`vertex_maps`; the runner stores them in the results.
     """
 
     def __init__(self, params: VariancePartitioningParams, context):
@@ -330,7 +330,6 @@ class VariancePartitioningModel:
             self.backbone, data, split, context)[:])
         self.text_features = _SplitCache(lambda data, split: caption_embeddings(
             self.captioner, self.encoder, data, split, context))
-        self.extra_scores: dict[str, np.ndarray] = {}
         self.partitioner: VariancePartitioner | None = None
 
     def fit(self, data, train_index: np.ndarray) -> None:
@@ -340,9 +339,9 @@ class VariancePartitioningModel:
         self.partitioner.fit(self.image_features(data, "train")[train_index],
                              self.text_features(data, "train")[train_index],
                              data.responses("train")[train_index])
-        self.extra_scores = {}
 
-    def predict(self, data, split: str, index: np.ndarray | None = None) -> np.ndarray:
+    def predict(self, data, split: str, index: np.ndarray | None = None) -> Prediction:
+        """Return the joint model's predictions, with the single-band models as parts."""
         if self.partitioner is None:
             raise RuntimeError("variance-partitioning: predict() before fit()")
         image = self.image_features(data, split)
@@ -350,18 +349,26 @@ class VariancePartitioningModel:
         if index is not None:
             image, text = image[index], text[index]
         predictions = self.partitioner.predict(image, text)
-        # The held-out images of the run: the training split with an index (holdout), or
-        # the test split where its fMRI exists. Training images as a whole are never scored.
-        measured = None
-        if split == "train" and index is not None:
-            measured = data.responses("train")[index]
-        elif split == "test" and data.has_test_responses:
-            measured = data.responses("test")
-        if measured is not None:
-            parts = self.partitioner.partition(image, text, measured, predictions)
-            self.extra_scores = {f"{self.params.prefix}{k}": v.astype(np.float32)
-                                 for k, v in parts.items()}
-        return np.asarray(predictions["joint"], dtype=np.float32)
+        return Prediction(np.asarray(predictions["joint"], dtype=np.float32),
+                          parts={"image": predictions["image"], "text": predictions["text"]})
+
+    def derived_scores(self, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Return the ``vp_*`` maps from the runner's R^2 of the joint model and each band."""
+        missing = [k for k in ("r2", "r2_image", "r2_text") if k not in scores]
+        if missing:
+            raise ValueError("variance-partitioning: the run's evaluation.metrics must include "
+                             f"r2 (found scores {sorted(scores)}; missing {missing})")
+        r2 = {"image": scores["r2_image"], "text": scores["r2_text"], "joint": scores["r2"]}
+        parts = {f"r2_{name}": value for name, value in r2.items()}
+        parts.update(variance_partition(r2["image"], r2["text"], r2["joint"]))
+        return {f"{self.params.prefix}{k}": np.asarray(v, dtype=np.float32) for k, v in parts.items()}
+
+    def vertex_maps(self) -> dict[str, np.ndarray]:
+        """Return ``vp_text_weight``: the joint model's text-to-image band ratio per vertex."""
+        if self.partitioner is None:
+            return {}
+        return {f"{self.params.prefix}text_weight":
+                self.partitioner.joint.best_ratio_.astype(np.float32)}
 
 
 RECIPES = [

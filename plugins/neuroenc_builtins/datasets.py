@@ -1,13 +1,24 @@
-"""Dataset readers: the Algonauts 2023 challenge layout, and the embedded demo data."""
+"""Dataset readers: the Algonauts 2023 challenge layout, the embedded demo data, and a
+generic ``folder`` layout for a lab's own data. Each produces
+:class:`neuroenc.data.subject.SubjectData`."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from neuroenc import Component
-from neuroenc.data.algonauts import DatasetError, SubjectData, available_subjects, read_subject
+from neuroenc.data.subject import DatasetError, SubjectData
+
+from .algonauts import available_subjects, read_subject, subject_id
+from .folder import FolderDataset
+
+
+def _absolute(path: Path, context) -> Path:
+    path = path.expanduser()
+    return path if path.is_absolute() else context.base_dir / path
 
 
 class AlgonautsParams(BaseModel):
@@ -19,9 +30,10 @@ class AlgonautsParams(BaseModel):
 class AlgonautsReader:
     """Reads subjects laid out as the Algonauts 2023 challenge distributes them."""
 
-    def __init__(self, root: Path, check_values: bool = True):
+    def __init__(self, root: Path, check_values: bool = True, metadata: dict | None = None):
         self.root = Path(root)
         self.check_values = check_values
+        self.metadata = metadata
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: dataset root not found; expected a folder "
                                "holding subj01 .. subj08")
@@ -29,15 +41,17 @@ class AlgonautsReader:
     def subjects(self) -> list[str]:
         return available_subjects(self.root)
 
+    def resolve_subject(self, value) -> str:
+        """Return the folder name for ``1``, ``'01'`` or ``'subj01'``."""
+        return subject_id(value)
+
     def load(self, subject: str) -> SubjectData:
-        return read_subject(self.root, subject, check_values=self.check_values)
+        return read_subject(self.root, subject, check_values=self.check_values,
+                            metadata=self.metadata)
 
 
 def _algonauts(params: AlgonautsParams, context) -> AlgonautsReader:
-    root = params.root.expanduser()
-    if not root.is_absolute():
-        root = context.base_dir / root
-    return AlgonautsReader(root, params.check_values)
+    return AlgonautsReader(_absolute(params.root, context), params.check_values)
 
 
 class DemoParams(BaseModel):
@@ -50,13 +64,25 @@ class DemoParams(BaseModel):
 
 
 def _demo(params: DemoParams, context) -> AlgonautsReader:
-    from neuroenc.data.demo import ensure_demo_dataset
+    from .demo import ensure_demo_dataset
 
     root = ensure_demo_dataset(
         context.cache_dir / "demo-data", subjects=tuple(range(1, params.n_subjects + 1)),
         n_train=params.n_train, n_test=params.n_test, image_size=params.image_size,
         seed=params.seed, progress=context.show_progress)
-    return AlgonautsReader(root)
+    info = json.loads((root / "demo_info.json").read_text())
+    return AlgonautsReader(root, metadata={"dataset": "demo",
+                                           "visual_field_deg": info["visual_field_deg"]})
+
+
+class FolderParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    root: Path = Field(..., description="folder with one folder per subject (docs/datasets.md)")
+    check_values: bool = Field(True, description="scan every response file for NaN / inf on load")
+
+
+def _folder(params: FolderParams, context) -> FolderDataset:
+    return FolderDataset(_absolute(params.root, context), params.check_values)
 
 
 COMPONENTS = [
@@ -64,4 +90,7 @@ COMPONENTS = [
               "NSD as packaged by the Algonauts 2023 challenge (subjXX/training_split, test_split, roi_masks)"),
     Component("demo", _demo, DemoParams,
               "embedded synthetic dataset in the Algonauts layout on fsaverage5, generated on first use"),
+    Component("folder", _folder, FolderParams,
+              "your own data: images, responses (.npy/.h5/.nc), optional units, ROIs, trials "
+              "(surface or volume; docs/datasets.md)"),
 ]

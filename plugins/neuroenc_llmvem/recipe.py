@@ -178,10 +178,9 @@ class LLMVEMModel:
 
     # -- training -----------------------------------------------------------------------
     def _checkpoint_path(self, data, train_index: np.ndarray) -> Path:
-        fmri = list(data.fmri_files("train").values())
         key = stable_hash({
             "recipe": "llm-vem", "params": self.params.model_dump(mode="json"),
-            "subject": data.subject, "fmri": [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in fmri],
+            "subject": data.subject, "fmri": data.responses_identity("train"),
             "images": hash_images(data.train_images, self.context.cache_dir / "file-hashes"), "train_index": stable_hash(train_index.tolist()),
             "seed": self.context.seed, "torch": torch.__version__,
         }, length=24)
@@ -215,7 +214,7 @@ class LLMVEMModel:
         with torch.inference_mode():
             shapes = [tuple(v.shape[1:]) for v in self.backbone.forward_features(probe).values()]
         self.layer_shapes = shapes
-        head = mapper.build_module(shapes, responses[fit_index], list(data.n_vertices.values()))
+        head = mapper.build_module(shapes, responses[fit_index], list(data.unit_blocks().values()))
         projection = alignment = None
         if text is not None:
             with torch.random.fork_rng(devices=[]):  # leave the global RNG stream untouched

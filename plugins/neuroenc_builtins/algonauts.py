@@ -29,25 +29,29 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+from neuroenc.data.subject import (FSAVERAGE_MESHES, HEMISPHERES, DatasetError, ResponseBlock,
+                                   SubjectData, roi_coordinate)
 
 __all__ = [
     "HEMISPHERES",
     "ROI_CLASSES",
     "ROI_NAMES",
     "FSAVERAGE_MESHES",
+    "NSD_VISUAL_FIELD_DEG",
     "DatasetError",
+    "AlgonautsSubject",
     "SubjectData",
     "subject_id",
     "available_subjects",
     "read_subject",
 ]
 
-HEMISPHERES = ("lh", "rh")
 #: ROI names per class in label order (label k is the k-th name, 0 is 'Unknown'), as in the
 #: Algonauts 2023 ``mapping_<class>.npy`` files (REFERENCE.md section 2).
 ROI_NAMES: dict[str, tuple[str, ...]] = {
@@ -59,15 +63,8 @@ ROI_NAMES: dict[str, tuple[str, ...]] = {
     "streams": ("early", "midventral", "midlateral", "midparietal", "ventral", "lateral", "parietal"),
 }
 ROI_CLASSES = tuple(ROI_NAMES)
-# Vertices per hemisphere of the icosahedral fsaverage meshes (FreeSurfer); the mask length
-# tells which mesh a dataset lives on. Algonauts 2023 uses the full fsaverage.
-FSAVERAGE_MESHES = {
-    642: "fsaverage3",
-    2562: "fsaverage4",
-    10242: "fsaverage5",
-    40962: "fsaverage6",
-    163842: "fsaverage",
-}
+#: Degrees of visual angle the NSD images span (Allen et al. 2022).
+NSD_VISUAL_FIELD_DEG = 8.4
 
 Split = Literal["train", "test"]
 
@@ -80,16 +77,6 @@ _SUBJECT_FOLDER = re.compile(r"subj\d{2}")
 # Chunk size for the NaN/inf scan of memory-mapped fMRI files: large enough to be fast,
 # small enough that a 1.5 GB file never sits in RAM at once. Tests shrink it.
 _CHECK_CHUNK_BYTES = 64 * 2**20
-
-
-class DatasetError(ValueError):
-    """An Algonauts 2023 dataset folder does not have the expected layout or contents.
-
-    The message starts with the offending path (relative to the dataset root where
-    possible), then says what was found, then what was expected, e.g.
-    ``subj03/training_split/training_fmri/lh_training_fmri.npy: 9082 rows, but 9081
-    training images``.
-    """
 
 
 def subject_id(subject: int | str) -> str:
@@ -140,9 +127,12 @@ def available_subjects(root: str | os.PathLike[str]) -> list[str]:
     )
 
 
-@dataclass(eq=False, repr=False)
-class SubjectData:
+class AlgonautsSubject(SubjectData):
     """One subject of the Algonauts 2023 dataset, checked and ready to read.
+
+    A :class:`neuroenc.data.subject.SubjectData` (what every model sees) with the
+    challenge's own views on top: per-hemisphere responses and noise ceilings, the
+    fsaverage masks, integer ROI labels and their mappings, NSD ids.
 
     Images are listed and small arrays (masks, ROI labels) are held in memory; fMRI
     responses are read from disk on request by :meth:`responses`.
@@ -157,7 +147,7 @@ class SubjectData:
         Stimulus images sorted by challenge index (row ``i`` of the responses is image
         ``i``). ``test_images`` is empty if the copy has no ``test_split/test_images``.
     train_nsd_ids, test_nsd_ids : ndarray of int of shape (n_train,) / (n_test,)
-        0-based NSD image ids parsed from the file names.
+        0-based NSD image ids parsed from the file names (also ``image_ids[split]``).
     fsaverage_mask : dict of str to ndarray of bool of shape (n_fsaverage,)
         Per hemisphere, which fsaverage vertices are challenge vertices.
     roi_labels : dict of str to dict of str to ndarray of int of shape (n_vertices_hemi,)
@@ -167,28 +157,45 @@ class SubjectData:
         ROI class -> {label: ROI name}, as in ``mapping_<class>.npy`` (0: ``'Unknown'``).
     """
 
-    root: Path
-    subject: str
-    train_images: list[Path]
-    test_images: list[Path]
-    train_nsd_ids: np.ndarray
-    test_nsd_ids: np.ndarray
-    fsaverage_mask: dict[str, np.ndarray]
-    roi_labels: dict[str, dict[str, np.ndarray]]
-    roi_names: dict[str, dict[int, str]]
-    # (split, hemisphere) -> fMRI file; a test entry exists only if the copy has test fMRI.
-    _fmri_files: dict[tuple[str, str], Path] = field(default_factory=dict)
-    # hemisphere -> noise-ceiling file; empty if the copy has none.
-    _noise_ceiling_files: dict[str, Path] = field(default_factory=dict)
-
-    def __repr__(self) -> str:
-        return (
-            f"SubjectData(subject={self.subject!r}, root={str(self.root)!r}, "
-            f"n_train={len(self.train_images)}, n_test={len(self.test_images)}, "
-            f"n_vertices={self.n_vertices}, mesh={self.fsaverage_mesh!r}, "
-            f"roi_classes={list(self.roi_labels)}, "
-            f"has_test_responses={self.has_test_responses}, "
-            f"has_noise_ceiling={self.has_noise_ceiling})"
+    def __init__(self, *, root: Path, subject: str, train_images: list[Path],
+                 test_images: list[Path], train_nsd_ids: np.ndarray, test_nsd_ids: np.ndarray,
+                 fsaverage_mask: dict[str, np.ndarray],
+                 roi_labels: dict[str, dict[str, np.ndarray]],
+                 roi_names: dict[str, dict[int, str]],
+                 fmri_files: dict[tuple[str, str], Path],
+                 noise_ceiling_files: dict[str, Path],
+                 metadata: dict[str, Any] | None = None) -> None:
+        self.train_nsd_ids = train_nsd_ids
+        self.test_nsd_ids = test_nsd_ids
+        self.fsaverage_mask = fsaverage_mask
+        self.roi_labels = roi_labels
+        self.roi_names = roi_names
+        # (split, hemisphere) -> fMRI file; a test entry exists only if the copy has test fMRI.
+        self._fmri_files = fmri_files
+        # hemisphere -> noise-ceiling file; empty if the copy has none.
+        self._noise_ceiling_files = noise_ceiling_files
+        n_images = {"train": len(train_images), "test": len(test_images)}
+        blocks = {}
+        for split in _SPLITS:
+            if all((split, h) in fmri_files for h in HEMISPHERES):
+                blocks[split] = [
+                    ResponseBlock(open=partial(self._open_fmri, split, h, n_images[split]),
+                                  n_units=self.n_vertices[h], file=fmri_files[split, h])
+                    for h in HEMISPHERES]
+        mesh = FSAVERAGE_MESHES[len(fsaverage_mask[HEMISPHERES[0]])]
+        super().__init__(
+            subject=subject,
+            images={"train": train_images, "test": test_images},
+            responses_blocks=blocks,
+            unit_coords=self._unit_coords(),
+            image_ids={"train": train_nsd_ids, "test": test_nsd_ids},
+            noise_ceiling_source=(self._read_noise_ceiling
+                                  if all(h in noise_ceiling_files for h in HEMISPHERES) else None),
+            roi_order={cls: [names[k] for k in sorted(names) if k != 0]
+                       for cls, names in roi_names.items()},
+            metadata={"dataset": "algonauts2023", "space": mesh, "fsaverage_mesh": mesh,
+                      "visual_field_deg": NSD_VISUAL_FIELD_DEG, **(metadata or {})},
+            root=root,
         )
 
     @property
@@ -200,16 +207,6 @@ class SubjectData:
     def fsaverage_mesh(self) -> str:
         """Name of the fsaverage mesh the mask lives on, e.g. ``"fsaverage"``."""
         return FSAVERAGE_MESHES[len(self.fsaverage_mask[HEMISPHERES[0]])]
-
-    @property
-    def has_test_responses(self) -> bool:
-        """Whether this copy has test-split fMRI (challenge-era copies do not)."""
-        return all(("test", h) in self._fmri_files for h in HEMISPHERES)
-
-    @property
-    def has_noise_ceiling(self) -> bool:
-        """Whether this copy has noise-ceiling files."""
-        return all(h in self._noise_ceiling_files for h in HEMISPHERES)
 
     def responses(self, split: Split, hemisphere: str | None = None) -> np.ndarray:
         """Return the fMRI responses of one split.
@@ -238,17 +235,12 @@ class SubjectData:
         if split not in _SPLITS:
             raise ValueError(f"split {split!r}: unknown split; expected one of {_SPLITS}")
         n_images = len(self.train_images if split == "train" else self.test_images)
-        arrays = [self._open_fmri(split, h, n_images) for h in hemispheres]
         if hemisphere is not None:
-            return arrays[0]
-        # Fill a preallocated array rather than np.concatenate of float32 copies: one
-        # pass over each memmap and no temporary of the full size.
-        out = np.empty((n_images, sum(a.shape[1] for a in arrays)), dtype=np.float32)
-        start = 0
-        for array in arrays:
-            out[:, start : start + array.shape[1]] = array
-            start += array.shape[1]
-        return out
+            return self._open_fmri(split, hemispheres[0], n_images)
+        if not self.has_responses(split):
+            self._open_fmri(split, next(h for h in HEMISPHERES if (split, h) not in self._fmri_files),
+                            n_images)  # raises the file-naming error
+        return super().responses(split)
 
     def fmri_files(self, split: Split) -> dict[str, Path]:
         """Return ``{hemisphere: path}`` of a split's fMRI files (empty when absent)."""
@@ -269,21 +261,21 @@ class SubjectData:
         """
         if not self.has_noise_ceiling:
             return None
-        hemispheres = _check_hemisphere(hemisphere)
-        parts = [np.load(self._noise_ceiling_files[h]) for h in hemispheres]
-        return parts[0] if hemisphere is not None else np.concatenate(parts)
+        if hemisphere is None:
+            return self._read_noise_ceiling()
+        return np.load(self._noise_ceiling_files[_check_hemisphere(hemisphere)[0]])
 
-    def vertex_coords(self) -> dict[str, np.ndarray]:
-        """Return coordinates of the concatenated vertex axis (left hemisphere first).
+    def _read_noise_ceiling(self) -> np.ndarray:
+        return np.concatenate([np.load(self._noise_ceiling_files[h]) for h in HEMISPHERES])
 
-        Returns
-        -------
-        coords : dict of str to ndarray of shape (n_lh + n_rh,)
-            ``"hemisphere"`` (str ``'lh'``/``'rh'``); ``"challenge_index"`` (int, index
-            within the hemisphere's challenge space, i.e. fMRI column of that
-            hemisphere); ``"fsaverage_index"`` (int, vertex of the hemisphere's fsaverage
-            mesh, through the all-vertices mask); and for every ROI class present
-            ``"roi_" + cls.replace("-", "_")`` (str ROI name, ``""`` where the label is 0).
+    def _unit_coords(self) -> dict[str, np.ndarray]:
+        """Coordinates of the concatenated vertex axis (left hemisphere first).
+
+        ``"hemisphere"`` (str ``'lh'``/``'rh'``); ``"challenge_index"`` (int, index within
+        the hemisphere's challenge space, i.e. fMRI column of that hemisphere);
+        ``"fsaverage_index"`` (int, vertex of the hemisphere's fsaverage mesh, through
+        the all-vertices mask); and for every ROI class present
+        ``"roi_" + cls.replace("-", "_")`` (str ROI name, ``""`` where the label is 0).
         """
         n = self.n_vertices
         coords: dict[str, np.ndarray] = {
@@ -299,7 +291,7 @@ class SubjectData:
             # Label 0 means "not in this class"; '' keeps the coordinate a plain string
             # array (xarray/netCDF friendly) while testing falsy.
             names = [self.roi_names[cls][int(label)] if label != 0 else "" for label in used]
-            coords["roi_" + cls.replace("-", "_")] = np.array(names, dtype=str)[inverse]
+            coords[roi_coordinate(cls)] = np.array(names, dtype=str)[inverse]
         return coords
 
     def _open_fmri(self, split: str, hemisphere: str, n_images: int) -> np.ndarray:
@@ -325,9 +317,12 @@ class SubjectData:
         return array
 
 
+
+
 def read_subject(
-    root: str | os.PathLike[str], subject: int | str, *, check_values: bool = True
-) -> SubjectData:
+    root: str | os.PathLike[str], subject: int | str, *, check_values: bool = True,
+    metadata: dict[str, Any] | None = None,
+) -> AlgonautsSubject:
     """Return one subject of the Algonauts 2023 dataset after checking its files.
 
     Parameters
@@ -340,10 +335,13 @@ def read_subject(
         Scan every fMRI file for NaN/inf (in row chunks on the memmap). This reads the
         whole files once (~several GB per subject); set False to check shapes only.
         Masks, ROI labels and noise ceilings are small and always checked.
+    metadata : dict, optional
+        Overrides of the subject's metadata (e.g. the demo's ``dataset`` name and
+        ``visual_field_deg``).
 
     Returns
     -------
-    data : SubjectData
+    data : AlgonautsSubject
 
     Raises
     ------
@@ -387,7 +385,7 @@ def read_subject(
     roi_labels, roi_names = checker.read_rois(masks, n_vertices)
     noise_ceiling_files = checker.check_noise_ceiling(n_vertices)
 
-    return SubjectData(
+    return AlgonautsSubject(
         root=root,
         subject=sid,
         train_images=train_images,
@@ -397,8 +395,9 @@ def read_subject(
         fsaverage_mask=masks,
         roi_labels=roi_labels,
         roi_names=roi_names,
-        _fmri_files=fmri_files,
-        _noise_ceiling_files=noise_ceiling_files,
+        fmri_files=fmri_files,
+        noise_ceiling_files=noise_ceiling_files,
+        metadata=metadata,
     )
 
 

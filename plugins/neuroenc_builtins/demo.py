@@ -63,7 +63,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from neuroenc.data.algonauts import ROI_NAMES
+from neuroenc_builtins.algonauts import ROI_NAMES
 from neuroenc.metrics import noise_ceiling_from_ncsnr
 
 __all__ = [
@@ -76,7 +76,7 @@ __all__ = [
 
 #: Version of the generator's output; part of the cache key. Bump it whenever a change
 #: alters any written byte for some parameter set.
-DEMO_GENERATOR_VERSION = "1.0.0"
+DEMO_GENERATOR_VERSION = "1.0.1"  # 1.0.1: generator module renamed in demo_info.json
 
 HEMISPHERES = ("lh", "rh")
 _NILEARN_HEMI = {"lh": "left", "rh": "right"}
@@ -1591,7 +1591,7 @@ def _write_dataset(
             amount["place"] += sc.place_strength
             w.writerow([int(i), sc.background, *(f"{amount[c]:.4f}" for c in CATEGORIES), len(sc.objects)])
     info = {
-        "generator": "neuroenc.data.demo",
+        "generator": "neuroenc_builtins.demo",
         "generator_version": DEMO_GENERATOR_VERSION,
         "params": {"subjects": list(subj), "n_train": n_train, "n_test": n_test, "image_size": image_size, "seed": seed},
         "surface": "fsaverage5",
