@@ -221,6 +221,14 @@ class _SubjectReader:
             raise KeyError(f"no variable 'responses' (it holds {', '.join(map(str, ds.data_vars))})")
         return ds["responses"].variable
 
+    def _npy(self, path: Path, what: str) -> np.ndarray:
+        """Return a small .npy array; never unpickles (object arrays are refused)."""
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise DatasetError(f"{self.rel(path)}: cannot be read as a plain .npy array ({err}); "
+                               f"expected {what}") from err
+
     def _array(self, path: Path, what: str) -> Any:
         try:
             return self._open(path)
@@ -290,7 +298,7 @@ class _SubjectReader:
         out = {}
         for path in sorted(folder.glob("*.npy")):
             cls = path.stem
-            labels = np.load(path, allow_pickle=False)
+            labels = self._npy(path, "integer ROI labels, one per unit")
             rel = self.rel(path)
             if labels.shape != (n_units,):
                 raise DatasetError(f"{rel}: shape {labels.shape}, but expected ({n_units},): one "
@@ -344,7 +352,7 @@ class _SubjectReader:
             raise DatasetError(f"{self.rel(nc_path)}: given beside {self.rel(trials_path)}; expected "
                                "one source of the noise ceiling")
         if nc_path.is_file():
-            nc = np.load(nc_path, allow_pickle=False)
+            nc = self._npy(nc_path, "the noise ceiling per unit, a fraction in [0, 1]")
             rel = self.rel(nc_path)
             if nc.shape != (n_units,):
                 raise DatasetError(f"{rel}: shape {nc.shape}, but expected ({n_units},)")
