@@ -65,10 +65,12 @@ def plot(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="PNG to write (default: a descriptive name in the current folder)")] = None,
     html: Annotated[bool, typer.Option("--html", help="surface: also write interactive HTML views (needs plotly)")] = False,
 ) -> None:
-    """Plot a result: a per-vertex variable on the fsaverage surface, ROI comparisons, scatter, sweeps."""
+    """Plot a result: a per-vertex variable on the fsaverage surface (or a per-voxel one in
+    the volume), ROI comparisons, scatter, sweeps."""
     from neuroenc.analysis import default_variable, load_results, select_model
-    from neuroenc.plotting import (FsaverageUnavailableError, plot_difference_map, plot_model_scatter,
-                                   plot_roi_comparison, plot_surface, plot_sweep, surface_html)
+    from neuroenc.plotting import (FsaverageUnavailableError, has_surface_coords,
+                                   plot_difference_map, plot_map, plot_model_scatter,
+                                   plot_roi_comparison, plot_sweep, surface_html)
 
     models = list(model or [])
     views = [v.value for v in view] if view else ["lateral", "medial", "ventral", "posterior"]
@@ -107,9 +109,15 @@ def plot(
             else:
                 one = select_model(ds, name)
                 target = out or _default_out("surface", [one.attrs["model"], subject_id, variable])
-                plot_surface(one, variable, views=views, rois=rois, threshold=threshold, vmin=vmin,
-                             vmax=vmax, cmap=cmap, diverging=diverging, dpi=dpi, out=target)
-                if html:
+                plot_map(one, variable, views=views, rois=rois, threshold=threshold, vmin=vmin,
+                         vmax=vmax, cmap=cmap, diverging=diverging, dpi=dpi, out=target)
+                if html and not has_surface_coords(one):
+                    from neuroenc.volume import volume_html
+
+                    page = volume_html(one, target.with_suffix(".html"), variable,
+                                       diverging=diverging, cmap=cmap, threshold=threshold)
+                    console.print(f"wrote {page}")
+                elif html:
                     for hemi in ("lh", "rh"):
                         page = target.with_name(f"{target.stem}_{hemi}.html")
                         surface_html(one, page, variable, hemisphere=hemi, diverging=diverging,

@@ -54,6 +54,8 @@ __all__ = [
     "load_fsaverage_mesh",
     "surface_maps",
     "plot_surface",
+    "plot_map",
+    "has_surface_coords",
     "plot_difference_map",
     "plot_roi_comparison",
     "plot_model_scatter",
@@ -496,10 +498,49 @@ def plot_surface(data: xr.Dataset | xr.DataArray, variable: str | None = None, *
     return _finish(fig, out, dpi)
 
 
+def has_surface_coords(data: xr.Dataset | xr.DataArray) -> bool:
+    """Return whether a result's units are fsaverage vertices (surface maps apply)."""
+    return {"hemisphere", "fsaverage_index"} <= set(map(str, data.coords))
+
+
+def plot_map(data: xr.Dataset | xr.DataArray, variable: str | None = None, *,
+             model: str | None = None, views: Sequence[str] = VIEWS, rois=None,
+             diverging: bool = False, cmap: str | None = None, vmin: float | None = None,
+             vmax: float | None = None, threshold: float | None = None,
+             title: str | None = None, data_dir: str | Path | None = None, dpi: float = 100,
+             out: str | Path | None = None, **surface_kwargs) -> Figure:
+    """Return a map of a per-unit variable: on the surface for surface data
+    (:func:`plot_surface`, which also gets ``surface_kwargs``), in the volume for voxel
+    data (:func:`neuroenc.volume.plot_volume`).
+
+    Raises
+    ------
+    ValueError
+        The result has neither surface nor volume coordinates.
+    """
+    from neuroenc.volume import has_volume_coords, plot_volume
+
+    values, attrs = _as_dataarray(data, variable, model)
+    common = dict(diverging=diverging, cmap=cmap, vmin=vmin, vmax=vmax, threshold=threshold,
+                  title=title, dpi=dpi, out=out)
+    if has_surface_coords(values):
+        return plot_surface(values if isinstance(data, xr.DataArray) else data, variable,
+                            model=model, views=views, rois=rois, data_dir=data_dir, **common,
+                            **surface_kwargs)
+    if has_volume_coords(values, attrs):
+        if isinstance(data, xr.DataArray):
+            values.attrs.update(attrs)
+        return plot_volume(data, variable, model=model, **common)
+    raise ValueError(f"{attrs.get('model', 'result')}: its units have neither surface "
+                     "coordinates (hemisphere, fsaverage_index) nor volume coordinates "
+                     "(voxel_i/j/k with volume_shape and affine, or mni_x/y/z); only ROI "
+                     "tables and plots apply")
+
+
 def plot_difference_map(data: Mapping[str, xr.Dataset] | xr.Dataset, model_a: str, model_b: str,
                         variable: str | None = None, *, subject: str | None = None,
                         **kwargs) -> Figure:
-    """Return a surface map of ``model_a`` minus ``model_b`` (diverging, symmetric around 0).
+    """Return a map of ``model_a`` minus ``model_b`` (diverging, symmetric around 0).
 
     Parameters
     ----------
@@ -510,18 +551,19 @@ def plot_difference_map(data: Mapping[str, xr.Dataset] | xr.Dataset, model_a: st
     subject : str, optional
         Which subject (default: the first).
     **kwargs
-        Passed to :func:`plot_surface` (``views``, ``rois``, ``threshold``, ``out`` ...).
+        Passed to :func:`plot_map` (``views``, ``rois``, ``threshold``, ``out`` ...).
     """
     ds = _subject_dataset(data, subject)
     variable = variable or default_variable(ds)
     a = select_model(ds, model_a)
     b = select_model(ds, model_b)
     diff = a[variable] - b[variable]
-    diff.attrs = {"fsaverage_mesh": ds.attrs.get("fsaverage_mesh", ""),
-                  "subject": ds.attrs.get("subject", "")}
+    diff.attrs = {k: ds.attrs[k] for k in ("fsaverage_mesh", "space", "volume_shape", "affine",
+                                           "subject") if k in ds.attrs}
     kwargs.setdefault("title", f"{model_a} - {model_b} | {ds.attrs.get('subject', '')} | {variable}")
-    kwargs.setdefault("colorbar_label", f"difference in {_label(variable)}")
-    return plot_surface(diff.rename(variable), variable, diverging=True, **kwargs)
+    if has_surface_coords(diff):
+        kwargs.setdefault("colorbar_label", f"difference in {_label(variable)}")
+    return plot_map(diff.rename(variable), variable, diverging=True, **kwargs)
 
 
 def _subject_dataset(data: Mapping[str, xr.Dataset] | xr.Dataset, subject: str | None) -> xr.Dataset:

@@ -249,7 +249,7 @@ def write_report(run_dir: str | Path, out_path: str | Path | None = None, *,
     doc.raw("</div>")
 
     # -- surface maps ----------------------------------------------------------------------
-    doc.section("Surface maps")
+    doc.section("Surface maps" if plotting.has_surface_coords(first) else "Volume maps")
     pairs = [(m, s) for m in main for s in results]
     shown, skipped = pairs[:max_surface_maps], pairs[max_surface_maps:]
     surface_ok = _surfaces(doc, plotting, results, shown, variable, views, rois, dpi, data_dir)
@@ -359,8 +359,8 @@ def _surfaces(doc: _Html, plotting, results, pairs, variable, views, rois, dpi, 
     """Add the surface maps; return False (with a note) if the mesh is unavailable."""
     for model, subject in pairs:
         try:
-            fig = plotting.plot_surface(results[subject], variable, model=model, views=views,
-                                        rois=rois, dpi=dpi, data_dir=data_dir)
+            fig = plotting.plot_map(results[subject], variable, model=model, views=views,
+                                    rois=rois, dpi=dpi, data_dir=data_dir)
         except plotting.FsaverageUnavailableError as exc:
             doc.note(f"Surface maps left out: {exc}")
             return False

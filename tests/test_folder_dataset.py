@@ -228,3 +228,31 @@ def test_unknown_subject_lists_the_available_ones(volume):
     root, _ = volume
     with pytest.raises(DatasetError, match="available: sub-01"):
         FolderDataset(root).load("sub-02")
+
+
+def test_volume_results_plot_in_the_volume_and_report(volume, tmp_path):
+    from PIL import Image as PILImage
+
+    from neuroenc.analysis import load_results
+    from neuroenc.plotting import plot_difference_map, plot_map
+    from neuroenc.report import write_report
+    from neuroenc.volume import volume_image
+
+    root, truth = volume
+    test_runs_ridge_end_to_end_in_volume_space(volume, tmp_path)
+    run_dir = next((tmp_path / "results" / "toy").glob("2*"))
+    results = load_results(run_dir)
+    ds = results["sub-01"]
+    one = ds.sel(model="ridge")
+    image = volume_image(one.pearson, ds.attrs)
+    assert image.shape == SHAPE
+    np.testing.assert_allclose(image.affine, AFFINE)
+    i, j, k = truth["ijk"][17]
+    assert image.get_fdata()[i, j, k] == pytest.approx(float(one.pearson.values[17]), rel=1e-6)
+    out = plot_map(ds, "pearson", model="ridge", dpi=50, out=tmp_path / "map.png")
+    assert out is not None and PILImage.open(tmp_path / "map.png").size == (375, 140)
+    plot_difference_map(ds, "ridge", "ridge", "pearson", dpi=50, out=tmp_path / "diff.png")
+    assert (tmp_path / "diff.png").stat().st_size > 0
+    page = write_report(run_dir, tmp_path / "report.html")
+    html = Path(page).read_text()
+    assert "Volume maps" in html and "data:image/png;base64" in html and "sub-01" in html
