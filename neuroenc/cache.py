@@ -13,11 +13,14 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_dir", "stable_hash", "hash_files", "write_json_atomic"]
+__all__ = ["atomic_path", "atomic_dir", "stable_hash", "file_sha256", "file_digests", "hash_files",
+           "hash_texts", "write_json_atomic"]
 
 
 @contextlib.contextmanager
@@ -79,17 +82,113 @@ def stable_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(blob).hexdigest()[:length]
 
 
-def hash_files(paths: Iterable[str | Path], chunk_size: int = 1 << 20) -> str:
+# A memoised file hash is trusted only if the file was last modified this long before it
+# was hashed (coarse timestamps: FAT 2 s, some network file systems 1 s).
+_RACY_NS = 2_000_000_000
+_HASH_THREADS = 4  # hashlib and file reads release the GIL
+
+
+def file_sha256(path: str | Path) -> str:
+    """Return the hex SHA-256 of a file's bytes."""
+    with open(path, "rb") as fh:
+        if hasattr(hashlib, "file_digest"):  # Python >= 3.11
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+        digest = hashlib.sha256()
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+        return digest.hexdigest()
+
+
+def _index_file(index_dir: Path, folder: Path) -> Path:
+    return index_dir / f"{hashlib.sha256(str(folder).encode()).hexdigest()[:20]}.json"
+
+
+def _read_index(path: Path, folder: Path) -> dict[str, list]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("folder") != str(folder):
+        return {}
+    files = data.get("files")
+    return files if isinstance(files, dict) else {}
+
+
+def file_digests(paths: Sequence[str | Path], index_dir: str | Path | None = None) -> list[str]:
+    """Return the hex SHA-256 of each file, memoised in ``index_dir`` where given.
+
+    With ``index_dir``, each file's digest is kept there by (absolute path, size,
+    mtime_ns, inode), one small JSON index per folder, so hashing an unchanged image set
+    again only stats it. A file modified within 2 s of being hashed is never trusted
+    from the memo (coarse file-system timestamps). Reads run on a few threads.
+    """
+    paths = [Path(p) for p in paths]
+    digests: list[str | None] = [None] * len(paths)
+    stats = [os.stat(p) for p in paths]
+    # One resolve() per folder, not per image (it is a chain of system calls).
+    resolved: dict[Path, Path] = {}
+    folders = []
+    for p in paths:
+        if p.parent not in resolved:
+            resolved[p.parent] = p.parent.resolve()
+        folders.append(resolved[p.parent])
+    indexes: dict[Path, dict[str, list]] = {}
+    if index_dir is not None:
+        index_dir = Path(index_dir)
+        for i, p in enumerate(paths):
+            folder = folders[i]
+            if folder not in indexes:
+                indexes[folder] = _read_index(_index_file(index_dir, folder), folder)
+            entry = indexes[folder].get(p.name)
+            st = stats[i]
+            if (isinstance(entry, list) and len(entry) == 5
+                    and entry[:3] == [st.st_size, st.st_mtime_ns, st.st_ino]
+                    and st.st_mtime_ns < entry[3] - _RACY_NS):
+                digests[i] = entry[4]
+    missing = [i for i, d in enumerate(digests) if d is None]
+    if missing:
+        hashed_at = time.time_ns()
+        with ThreadPoolExecutor(max_workers=min(_HASH_THREADS, len(missing))) as pool:
+            for i, digest in zip(missing, pool.map(file_sha256, [paths[i] for i in missing])):
+                digests[i] = digest
+        if index_dir is not None:
+            changed = set()
+            for i in missing:
+                st = stats[i]
+                indexes[folders[i]][paths[i].name] = [st.st_size, st.st_mtime_ns, st.st_ino,
+                                                      hashed_at, digests[i]]
+                changed.add(folders[i])
+            for folder in changed:
+                try:
+                    with atomic_path(_index_file(index_dir, folder)) as tmp:
+                        tmp.write_text(json.dumps({"folder": str(folder),
+                                                   "files": indexes[folder]},
+                                                  separators=(",", ":")))
+                except OSError:  # a read-only cache still gives the right key
+                    pass
+    return digests  # type: ignore[return-value]
+
+
+def hash_files(paths: Iterable[str | Path], index_dir: str | Path | None = None) -> str:
     """Return a digest of the files' contents, in order (names do not matter).
 
     Content, not names or modification times: a copied dataset keeps its cache, and an
-    image replaced under the same name invalidates it.
+    image replaced under the same name invalidates it. ``index_dir`` memoises the
+    per-file digests (:func:`file_digests`).
+    """
+    total = hashlib.sha256()
+    for digest in file_digests(list(paths), index_dir):
+        total.update(bytes.fromhex(digest))
+    return total.hexdigest()[:32]
+
+
+def hash_texts(texts: Iterable[str]) -> str:
+    """Return a digest of the texts' exact content, in order.
+
+    Each text is hashed on its own first, so text boundaries count:
+    ``["ab", "c"]`` and ``["a", "bc"]`` differ.
     """
     digest = hashlib.sha256()
-    for p in paths:
-        file_digest = hashlib.sha256()
-        with open(p, "rb") as fh:
-            while chunk := fh.read(chunk_size):
-                file_digest.update(chunk)
-        digest.update(file_digest.digest())
+    for text in texts:
+        digest.update(hashlib.sha256(text.encode("utf-8")).digest())
     return digest.hexdigest()[:32]

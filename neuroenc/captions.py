@@ -24,7 +24,6 @@ Layout under ``<cache_dir>/captions/<key>/``, where ``key`` hashes the captioner
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -34,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from neuroenc.cache import stable_hash, write_json_atomic
+from neuroenc.cache import file_digests, file_sha256, stable_hash, write_json_atomic
 
 if TYPE_CHECKING:
     from neuroenc.context import RunContext
@@ -51,13 +50,8 @@ class CaptionCacheWarning(UserWarning):
     """A caption cache line was unreadable and will be captioned again."""
 
 
-def image_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    """Return the hex SHA-256 of a file's bytes (the cache key of one image's caption)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
+#: The cache key of one image's caption: the SHA-256 of its bytes.
+image_sha256 = file_sha256
 
 
 def _identity(captioner: Captioner) -> dict[str, Any]:
@@ -191,7 +185,7 @@ def caption_images(captioner: Captioner, images: Sequence[str | Path], context: 
     if not (entry / "meta.json").is_file():
         write_json_atomic(entry / "meta.json", {"key": key, **key_description})
 
-    hashes = [image_sha256(p) for p in images]
+    hashes = file_digests(images, Path(context.cache_dir) / "file-hashes")
     cached = read_caption_cache(entry)
     missing: dict[str, Path] = {}  # first image with each missing hash, in input order
     for digest, path in zip(hashes, images):

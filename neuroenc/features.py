@@ -21,18 +21,14 @@ again (it might have changed again within the file system's timestamp resolution
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import os
-import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from neuroenc.cache import atomic_dir, atomic_path, stable_hash
+from neuroenc.cache import atomic_dir, hash_files, stable_hash
 
 if TYPE_CHECKING:
     from neuroenc.context import RunContext
@@ -41,10 +37,8 @@ if TYPE_CHECKING:
 __all__ = ["ImageFolderDataset", "extract_features", "feature_cache_key", "hash_images"]
 
 CACHE_FORMAT = 1
-# A memoised file hash is trusted only if the file was last modified this long before it
-# was hashed (coarse timestamps: FAT 2 s, some network file systems 1 s).
-_RACY_NS = 2_000_000_000
-_HASH_THREADS = 4  # hashlib and file reads release the GIL
+#: The content digest of an image set (also memoised): :func:`neuroenc.cache.hash_files`.
+hash_images = hash_files
 
 
 class ImageFolderDataset:
@@ -64,101 +58,18 @@ class ImageFolderDataset:
             return self.preprocess(img.convert("RGB"))
 
 
-# --------------------------------------------------------------------------- content hashes
-
-
-def _sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _index_file(index_dir: Path, folder: Path) -> Path:
-    return index_dir / f"{hashlib.sha256(str(folder).encode()).hexdigest()[:20]}.json"
-
-
-def _read_index(path: Path, folder: Path) -> dict[str, list]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict) or data.get("folder") != str(folder):
-        return {}
-    files = data.get("files")
-    return files if isinstance(files, dict) else {}
-
-
-def hash_images(paths: Sequence[str | Path], index_dir: str | Path | None = None) -> str:
-    """Return a digest of the files' contents, in order (names do not matter).
-
-    The same value as :func:`neuroenc.cache.hash_files`. With ``index_dir``, each file's
-    SHA-256 is memoised there by (absolute path, size, mtime_ns, inode), one small JSON
-    index per image folder, so hashing an unchanged image set again only stats it.
-    """
-    paths = [Path(p) for p in paths]
-    digests: list[str | None] = [None] * len(paths)
-    stats = [os.stat(p) for p in paths]
-    # One resolve() per folder, not per image (it is a chain of system calls).
-    resolved: dict[Path, Path] = {}
-    folders = []
-    for p in paths:
-        if p.parent not in resolved:
-            resolved[p.parent] = p.parent.resolve()
-        folders.append(resolved[p.parent])
-    indexes: dict[Path, dict[str, list]] = {}
-    if index_dir is not None:
-        index_dir = Path(index_dir)
-        for i, p in enumerate(paths):
-            folder = folders[i]
-            if folder not in indexes:
-                indexes[folder] = _read_index(_index_file(index_dir, folder), folder)
-            entry = indexes[folder].get(p.name)
-            st = stats[i]
-            if (isinstance(entry, list) and len(entry) == 5
-                    and entry[:3] == [st.st_size, st.st_mtime_ns, st.st_ino]
-                    and st.st_mtime_ns < entry[3] - _RACY_NS):
-                digests[i] = entry[4]
-    missing = [i for i, d in enumerate(digests) if d is None]
-    if missing:
-        hashed_at = time.time_ns()
-        with ThreadPoolExecutor(max_workers=min(_HASH_THREADS, len(missing))) as pool:
-            for i, digest in zip(missing, pool.map(_sha256_file, [paths[i] for i in missing])):
-                digests[i] = digest
-        if index_dir is not None:
-            changed = set()
-            for i in missing:
-                st = stats[i]
-                indexes[folders[i]][paths[i].name] = [st.st_size, st.st_mtime_ns, st.st_ino,
-                                                      hashed_at, digests[i]]
-                changed.add(folders[i])
-            for folder in changed:
-                try:
-                    with atomic_path(_index_file(index_dir, folder)) as tmp:
-                        tmp.write_text(json.dumps({"folder": str(folder),
-                                                   "files": indexes[folder]},
-                                                  separators=(",", ":")))
-                except OSError:  # a read-only cache still gives the right key
-                    pass
-    total = hashlib.sha256()
-    for digest in digests:
-        total.update(bytes.fromhex(digest))  # type: ignore[arg-type]
-    return total.hexdigest()[:32]
-
-
 def feature_cache_key(backbone: ImageBackbone, images: Sequence[Path], *,
                       hash_index: Path | None = None) -> tuple[str, dict]:
     """Return ``(key, description)`` of the feature cache entry for these images.
 
-    ``hash_index``: folder memoising per-file content hashes (see :func:`hash_images`);
+    ``hash_index``: folder memoising per-file content hashes (see :func:`neuroenc.cache.hash_files`);
     the key is the same with or without it.
     """
     description = {
         "format": CACHE_FORMAT,
         "backbone": backbone.identity(),
         "n_images": len(images),
-        "images_sha256": hash_images(images, hash_index),
+        "images_sha256": hash_files(images, hash_index),
     }
     return stable_hash(description, length=24), description
 

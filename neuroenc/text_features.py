@@ -11,7 +11,6 @@ it failed on.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from neuroenc.cache import atomic_dir, stable_hash
+from neuroenc.cache import atomic_dir, hash_texts, stable_hash
 
 if TYPE_CHECKING:
     from neuroenc.context import RunContext
@@ -30,18 +29,6 @@ __all__ = ["encode_texts", "encoder_label", "hash_texts", "text_cache_key"]
 CACHE_FORMAT = 1
 CACHE_FOLDER = "text-embeddings"
 EMBEDDINGS_FILE = "embeddings.npy"
-
-
-def hash_texts(texts: Sequence[str]) -> str:
-    """Return a digest of the texts' exact content, in order.
-
-    Each text is hashed on its own first, so text boundaries count:
-    ``["ab", "c"]`` and ``["a", "bc"]`` differ.
-    """
-    digest = hashlib.sha256()
-    for text in texts:
-        digest.update(hashlib.sha256(text.encode("utf-8")).digest())
-    return digest.hexdigest()[:32]
 
 
 def text_cache_key(encoder: TextEncoder, texts: Sequence[str]) -> tuple[str, dict[str, Any]]:
