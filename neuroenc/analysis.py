@@ -38,8 +38,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from neuroenc.results import (ROI_PREFIX, load_run, read_netcdf, roi_class_summary, roi_coords,
-                              roi_summary)
+from neuroenc.metrics import challenge_score
+from neuroenc.results import ROI_PREFIX, load_run, read_netcdf, roi_coords, roi_groups, roi_summary
 
 __all__ = [
     "MODEL_DIM",
@@ -469,8 +469,6 @@ def roi_table(results: Mapping[str, xr.Dataset] | xr.Dataset | Iterable[xr.Datas
         ``median``, ``mean``, ``median_ci_low``, ``median_ci_high``.
         ``table.attrs["variable"]`` names the variable.
     """
-    if level not in ("roi", "roi_class"):
-        raise ValueError(f"level must be 'roi' or 'roi_class', found {level!r}")
     frames = []
     models = list(_iter_models(results))
     if not models:
@@ -480,14 +478,14 @@ def roi_table(results: Mapping[str, xr.Dataset] | xr.Dataset | Iterable[xr.Datas
     for ds in models:
         if variable not in ds:
             continue  # e.g. a variance-partitioning map only one model has
-        frame = roi_summary(ds, variable) if level == "roi" else roi_class_summary(ds, variable)
+        frame = roi_summary(ds, variable, level)
         if n_boot > 0:
             values = ds[variable].values
-            masks = _row_masks(ds, frame, level)
+            # the same groups, in the same order, as the rows of roi_summary
             cis = [bootstrap_median_ci(values[mask], n_boot=n_boot, confidence=confidence,
                                        rng=_group_seed(seed, ds.attrs["model"], ds.attrs["subject"],
-                                                       *map(str, key)))
-                   for key, mask in masks]
+                                                       *((cls, roi) if level == "roi" else (cls,))))
+                   for cls, roi, mask in roi_groups(ds, level)]
             frame["median_ci_low"] = [c[0] for c in cis]
             frame["median_ci_high"] = [c[1] for c in cis]
         frame.insert(0, "subject", ds.attrs["subject"])
@@ -501,21 +499,6 @@ def roi_table(results: Mapping[str, xr.Dataset] | xr.Dataset | Iterable[xr.Datas
     table.attrs["roi_order"] = {"all": list(dict.fromkeys(
         name for ds in models for name in dataset_roi_order(ds)))}
     return table
-
-
-def _row_masks(ds: xr.Dataset, frame: pd.DataFrame, level: str):
-    """Return ``[(row key, vertex mask)]`` matching the rows of a ROI summary frame."""
-    coord_of = {cls: coord for coord, cls in roi_coords(ds).items()}
-    out = []
-    for row in frame.itertuples(index=False):
-        if row.roi_class == "all":
-            mask = np.ones(ds.sizes["vertex"], dtype=bool)
-        else:
-            labels = ds[coord_of[row.roi_class]].values.astype(str)
-            mask = labels == row.roi if level == "roi" else ~np.isin(labels, ("", "Unknown"))
-        key = (row.roi_class, row.roi) if level == "roi" else (row.roi_class,)
-        out.append((key, mask))
-    return out
 
 
 def across_subjects(table: pd.DataFrame, statistic: str = "median") -> pd.DataFrame:
@@ -553,18 +536,21 @@ def challenge_scores(results: Mapping[str, xr.Dataset] | xr.Dataset | Iterable[x
     With ``noise_normalized`` this is the Algonauts 2023 leaderboard number (both
     hemispheres, all subjects pooled vertex by vertex).
     """
-    sums: dict[str, list[float]] = {}
+    values: dict[str, list[np.ndarray]] = {}
     for ds in _iter_models(results):
-        if variable not in ds:
-            continue
-        values = ds[variable].values
-        acc = sums.setdefault(ds.attrs["model"], [0.0, 0])
-        acc[0] += float(np.nansum(values))
-        acc[1] += int(np.isfinite(values).sum())
-    series = pd.Series({m: s / n if n else float("nan") for m, (s, n) in sums.items()},
-                       name=f"mean {variable}")
+        if variable in ds:
+            values.setdefault(ds.attrs["model"], []).append(ds[variable].values)
+    series = pd.Series({m: _challenge(v) for m, v in values.items()}, name=f"mean {variable}",
+                       dtype=float)
     series.index.name = "model"
     return series
+
+
+def _challenge(parts: list[np.ndarray]) -> float:
+    try:
+        return challenge_score(np.concatenate(parts))
+    except ValueError:  # no vertex with a value
+        return float("nan")
 
 
 def leading_models(results: Mapping[str, xr.Dataset], variable: str = "noise_normalized") -> list[str]:

@@ -188,8 +188,20 @@ def noise_ceiling_from_trials(trials: np.ndarray) -> np.ndarray:
 
 
 def challenge_score(scores: np.ndarray) -> float:
-    """Return the challenge-style summary: the mean noise-normalized score over vertices."""
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.size == 0:
-        raise ValueError("no vertices to summarise")
-    return float(np.mean(scores))
+    """Return the challenge-style summary: the mean noise-normalized score over vertices.
+
+    The Algonauts 2023 leaderboard number is this mean over every vertex of every
+    subject (both hemispheres pooled). NaN marks a vertex without a value (e.g. a model
+    that lacks a variable after results are stacked) and is left out; that is the one
+    NaN policy of every summary in neuroenc.
+
+    Raises
+    ------
+    ValueError
+        No finite value.
+    """
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    finite = scores[np.isfinite(scores)]
+    if finite.size == 0:
+        raise ValueError(f"no vertices with a value to summarise ({scores.size} given, none finite)")
+    return float(np.mean(finite))

@@ -21,6 +21,7 @@ import xarray as xr
 
 from neuroenc.cache import atomic_path
 from neuroenc.data.subject import ROI_PREFIX
+from neuroenc.metrics import challenge_score
 
 __all__ = [
     "ROI_PREFIX",
@@ -30,6 +31,7 @@ __all__ = [
     "read_netcdf",
     "export_submission",
     "roi_coords",
+    "roi_groups",
     "roi_summary",
     "roi_class_summary",
     "summarize",
@@ -159,41 +161,61 @@ def roi_coords(ds: xr.Dataset) -> dict[str, str]:
             for name in ds.coords if str(name).startswith(ROI_PREFIX)}
 
 
-def roi_summary(ds: xr.Dataset, variable: str) -> pd.DataFrame:
-    """Return per ROI and over all vertices: count, median and mean of ``variable``.
+def roi_groups(ds: xr.Dataset, level: str = "roi"):
+    """Yield ``(roi_class, roi, mask)`` for every vertex, ROI class and ROI of a result.
 
-    Columns: ``roi_class``, ``roi``, ``n_vertices``, ``median``, ``mean``. The row with
-    ``roi_class == 'all'`` covers every vertex; its ``mean`` is the challenge-style score.
+    The first group is ``("all", "all vertices", every vertex)``; then per ROI class
+    either each ROI (``level="roi"``, in the dataset's ROI order where the result
+    records it, else first seen) or the class's ROIs pooled (``level="roi_class"``, roi
+    ``None``). Masks are boolean arrays of shape (n_vertices,).
     """
-    values = ds[variable].values
-    rows = [{"roi_class": "all", "roi": "all vertices", "n_vertices": values.size,
-             "median": float(np.median(values)), "mean": float(np.mean(values))}]
+    if level not in ("roi", "roi_class"):
+        raise ValueError(f"level must be 'roi' or 'roi_class', found {level!r}")
+    yield "all", "all vertices", np.ones(ds.sizes["vertex"], dtype=bool)
     for coord, roi_class in roi_coords(ds).items():
         labels = ds[coord].values.astype(str)
+        if level == "roi_class":
+            inside = ~np.isin(labels, ("", "Unknown"))
+            if inside.any():
+                yield roi_class, None, inside
+            continue
         for roi in dict.fromkeys(labels):  # keeps first-seen order
-            if roi in ("", "Unknown"):
-                continue
-            sel = values[labels == roi]
-            rows.append({"roi_class": roi_class, "roi": roi, "n_vertices": sel.size,
-                         "median": float(np.median(sel)), "mean": float(np.mean(sel))})
+            if roi not in ("", "Unknown"):
+                yield roi_class, roi, labels == roi
+
+
+def _stats(values: np.ndarray) -> dict[str, float]:
+    # One NaN policy for every summary: NaN is a vertex without a value (a model that
+    # lacks a variable after stacking), left out; the mean is the challenge's statistic.
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return {"n_vertices": 0, "median": float("nan"), "mean": float("nan")}
+    return {"n_vertices": int(finite.size), "median": float(np.median(finite)),
+            "mean": challenge_score(finite)}
+
+
+def roi_summary(ds: xr.Dataset, variable: str, level: str = "roi") -> pd.DataFrame:
+    """Return per ROI (or ROI class) and over all vertices: count, median and mean.
+
+    Columns: ``roi_class``, [``roi``], ``n_vertices`` (vertices with a value),
+    ``median``, ``mean``. The row with ``roi_class == 'all'`` covers every vertex; its
+    ``mean`` is the challenge-style score (:func:`neuroenc.metrics.challenge_score`).
+    ``level="roi_class"`` pools each class's ROIs (no ``roi`` column).
+    """
+    values = ds[variable].values
+    rows = []
+    for roi_class, roi, mask in roi_groups(ds, level):
+        row = {"roi_class": roi_class} if level == "roi_class" else {"roi_class": roi_class, "roi": roi}
+        rows.append({**row, **_stats(values[mask])})
     return pd.DataFrame(rows)
 
 
 def roi_class_summary(ds: xr.Dataset, variable: str) -> pd.DataFrame:
-    """Return per ROI class (all its ROIs pooled) and over all vertices: count and median.
+    """Return per ROI class (all its ROIs pooled) and over all vertices: count, median, mean.
 
-    Columns: ``roi_class``, ``n_vertices``, ``median``, ``mean``.
+    :func:`roi_summary` with ``level="roi_class"``.
     """
-    values = ds[variable].values
-    rows = [{"roi_class": "all", "n_vertices": values.size, "median": float(np.median(values)),
-             "mean": float(np.mean(values))}]
-    for coord, roi_class in roi_coords(ds).items():
-        inside = ~np.isin(ds[coord].values.astype(str), ("", "Unknown"))
-        if inside.any():
-            sel = values[inside]
-            rows.append({"roi_class": roi_class, "n_vertices": int(inside.sum()),
-                         "median": float(np.median(sel)), "mean": float(np.mean(sel))})
-    return pd.DataFrame(rows)
+    return roi_summary(ds, variable, level="roi_class")
 
 
 def combine_sweep(results: Sequence[xr.Dataset], points: Sequence[Mapping[str, Any]],
@@ -236,6 +258,9 @@ def summarize(results: Iterable[xr.Dataset], variable: str | None = None) -> pd.
         frames.append(frame)
     table = pd.concat(frames, ignore_index=True)
     table.attrs["variable"] = variable
+    from neuroenc.analysis import challenge_scores  # analysis builds on this module
+
+    table.attrs["challenge"] = challenge_scores(results, variable).to_dict()
     return table
 
 

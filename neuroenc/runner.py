@@ -345,10 +345,11 @@ def summary_pivot(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def challenge_means(summary: pd.DataFrame) -> pd.Series:
-    """Return per model the mean over every vertex of every subject (the challenge score)."""
-    overall = summary[summary.roi_class == "all"]
-    return overall.groupby("model", sort=False).apply(
-        lambda g: float(np.average(g["mean"], weights=g["n_vertices"])), include_groups=False)
+    """Return per model the mean over every vertex of every subject (the challenge score).
+
+    As :func:`neuroenc.analysis.challenge_scores` computed it for :func:`summarize`.
+    """
+    return pd.Series(summary.attrs["challenge"], dtype=float)
 
 
 def format_summary(summary: pd.DataFrame) -> str:
