@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
-import html
 import io
 import json
 from collections.abc import Sequence
@@ -38,25 +37,6 @@ __all__ = ["write_report", "figure_to_base64"]
 #: Per-vertex variables every run has; any other per-vertex variable is a recipe's extra map.
 STANDARD_VARIABLES = ("pearson", "r2", "noise_normalized", "noise_ceiling")
 
-_CSS = """
-body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 0 auto;
-       max-width: 1180px; padding: 0 24px 48px; color: #1d232a; line-height: 1.45; }
-h1 { font-size: 1.7em; margin: 28px 0 4px; }
-h2 { font-size: 1.3em; border-bottom: 1px solid #d0d7de; padding-bottom: 4px; margin-top: 36px; }
-h3 { font-size: 1.05em; margin-top: 22px; }
-p.meta, p.note { color: #57606a; font-size: 0.9em; margin: 4px 0; }
-table { border-collapse: collapse; font-size: 0.82em; margin: 8px 0 16px; }
-th, td { border: 1px solid #d0d7de; padding: 3px 8px; text-align: right; }
-th { background: #f6f8fa; }
-td:first-child, th:first-child { text-align: left; }
-img { max-width: 100%; height: auto; display: block; margin: 8px 0; }
-pre { background: #f6f8fa; padding: 10px; overflow-x: auto; font-size: 0.8em; }
-nav a { margin-right: 12px; font-size: 0.9em; }
-details summary { cursor: pointer; color: #0969da; margin: 8px 0; }
-.grid { display: flex; flex-wrap: wrap; gap: 8px; }
-"""
-
-
 def figure_to_base64(fig, *, dpi: float = 80, optimize: bool = True) -> str:
     """Return a matplotlib figure as a base64 PNG (256-colour palette when ``optimize``)."""
     buffer = io.BytesIO()
@@ -70,48 +50,48 @@ def figure_to_base64(fig, *, dpi: float = 80, optimize: bool = True) -> str:
 
 
 class _Html:
-    """Collects the body of the report and its table of contents."""
+    """Collects the blocks of the report body and its table of contents.
+
+    Blocks are rendered by the jinja2 template ``neuroenc/templates/report.html.j2``
+    with autoescaping on: text is escaped there; only tables (pandas ``to_html`` with
+    ``escape=True``) and the literal markup given to :meth:`raw` are inserted as is.
+    """
 
     def __init__(self) -> None:
-        self.parts: list[str] = []
+        self.blocks: list[dict] = []
         self.sections: list[tuple[str, str]] = []
 
     def section(self, title: str) -> None:
         anchor = "s" + str(len(self.sections) + 1)
         self.sections.append((anchor, title))
-        self.parts.append(f'<h2 id="{anchor}">{html.escape(title)}</h2>')
+        self.blocks.append({"kind": "section", "anchor": anchor, "text": title})
 
     def h3(self, text: str) -> None:
-        self.parts.append(f"<h3>{html.escape(text)}</h3>")
+        self.blocks.append({"kind": "h3", "text": text})
 
     def note(self, text: str) -> None:
-        self.parts.append(f'<p class="note">{html.escape(text)}</p>')
+        self.blocks.append({"kind": "note", "text": text})
 
     def table(self, frame: pd.DataFrame, *, index: bool = True, digits: int = 2) -> None:
         if index:  # index names as ordinary header cells: one header row, not two
             frame = frame.reset_index()
         frame.columns = [" / ".join(map(str, c)) if isinstance(c, tuple) else str(c)
                          for c in frame.columns]
-        self.parts.append(frame.to_html(index=False, float_format=lambda v: f"{v:.{digits}f}",
-                                        border=0, na_rep="", escape=True))
+        self.raw(frame.to_html(index=False, float_format=lambda v: f"{v:.{digits}f}",
+                               border=0, na_rep="", escape=True))
 
     def facts(self, rows: dict) -> None:
         """A two-column key / value table."""
-        body = "".join(f'<tr><th style="text-align:left">{html.escape(str(k))}</th>'
-                       f'<td style="text-align:left">{html.escape(str(v))}</td></tr>'
-                       for k, v in rows.items())
-        self.parts.append(f"<table>{body}</table>")
+        self.blocks.append({"kind": "facts", "rows": [(str(k), str(v)) for k, v in rows.items()]})
 
     def figure(self, fig, alt: str, *, dpi: float) -> None:
-        b64 = figure_to_base64(fig, dpi=dpi)
-        self.parts.append(f'<img alt="{html.escape(alt, quote=True)}" '
-                          f'src="data:image/png;base64,{b64}">')
+        self.blocks.append({"kind": "figure", "alt": alt, "b64": figure_to_base64(fig, dpi=dpi)})
 
     def pre(self, text: str) -> None:
-        self.parts.append(f"<pre>{html.escape(text)}</pre>")
+        self.blocks.append({"kind": "pre", "text": text})
 
-    def raw(self, text: str) -> None:
-        self.parts.append(text)
+    def raw(self, markup: str) -> None:
+        self.blocks.append({"kind": "markup", "html": markup})
 
 
 def _read_yaml(path: Path) -> dict:
@@ -192,7 +172,7 @@ def write_report(run_dir: str | Path, out_path: str | Path | None = None, *,
     # -- the run ---------------------------------------------------------------------
     doc.section("Run")
     if config.get("description"):
-        doc.raw(f"<p>{html.escape(str(config['description']))}</p>")
+        doc.blocks.append({"kind": "paragraph", "text": str(config["description"])})
     rows = {
         "run folder": str(resolved),
         "started": environment.get("started", ""),
@@ -369,26 +349,12 @@ def _surfaces(doc: _Html, plotting, results, pairs, variable, views, rois, dpi, 
 
 
 def _page(title: str, doc: _Html, run_dir: Path) -> str:
-    nav = " ".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t in doc.sections)
-    stamp = _dt.datetime.now().isoformat(timespec="seconds")
+    import jinja2
+
     from neuroenc import __version__
 
-    return "\n".join([
-        "<!DOCTYPE html>",
-        '<html lang="en">',
-        "<head>",
-        '<meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{html.escape(title)}</title>",
-        f"<style>{_CSS}</style>",
-        "</head>",
-        "<body>",
-        f"<h1>{html.escape(title)}</h1>",
-        f'<p class="meta">{html.escape(str(run_dir))} · written {stamp} by neuroenc '
-        f"{html.escape(__version__)}</p>",
-        f"<nav>{nav}</nav>",
-        *doc.parts,
-        "</body>",
-        "</html>",
-        "",
-    ])
+    env = jinja2.Environment(loader=jinja2.PackageLoader("neuroenc", "templates"),
+                             autoescape=True, keep_trailing_newline=True)
+    return env.get_template("report.html.j2").render(
+        title=title, run_dir=str(run_dir), version=__version__, sections=doc.sections,
+        blocks=doc.blocks, written=_dt.datetime.now().isoformat(timespec="seconds"))
