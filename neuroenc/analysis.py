@@ -380,7 +380,7 @@ def roi_order(names: Iterable[str], known: Iterable[str] | xr.Dataset | pd.DataF
 def bootstrap_median_ci(values: np.ndarray, *, n_boot: int = 1000, confidence: float = 0.95,
                         rng: np.random.Generator | int = 0,
                         chunk: int = 2_000_000) -> tuple[float, float]:
-    """Return the percentile bootstrap confidence interval of the median.
+    """Return the percentile bootstrap confidence interval of the median (scipy.stats.bootstrap).
 
     Parameters
     ----------
@@ -401,22 +401,21 @@ def bootstrap_median_ci(values: np.ndarray, *, n_boot: int = 1000, confidence: f
     says how precisely the median of *these* vertices is known, not how a new subject
     would score; :func:`across_subjects` gives the between-subject spread.
     """
+    from scipy import stats
+
     values = np.asarray(values, dtype=np.float64)
     values = values[~np.isnan(values)]
     if values.size == 0:
         return float("nan"), float("nan")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), found {confidence}")
-    rng = np.random.default_rng(rng)
-    per_block = max(1, chunk // values.size)
-    medians = np.empty(n_boot)
-    for start in range(0, n_boot, per_block):
-        stop = min(start + per_block, n_boot)
-        idx = rng.integers(0, values.size, size=(stop - start, values.size))
-        medians[start:stop] = np.median(values[idx], axis=1)
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(medians, [tail, 100 - tail])
-    return float(low), float(high)
+    if values.size == 1:  # every resample is the one value
+        return float(values[0]), float(values[0])
+    result = stats.bootstrap((values,), np.median, n_resamples=n_boot,
+                             confidence_level=confidence, method="percentile",
+                             batch=max(1, chunk // values.size), vectorized=True,
+                             random_state=np.random.default_rng(rng))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def _group_seed(seed: int, *parts: str) -> np.random.Generator:
