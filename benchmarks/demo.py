@@ -101,9 +101,9 @@ class StageTracker:
 def instrument(tracker: StageTracker) -> None:
     import neuroenc_builtins.algonauts as algonauts
     import neuroenc_builtins.demo as demo
-    import neuroenc.metrics as metrics
-    import neuroenc.ridge as ridge
-    import neuroenc.runner as runner
+    import neuroenc.evaluation.metrics as metrics
+    import neuroenc.models.ridge as ridge
+    import neuroenc.core.runner as runner
     import neuroenc_builtins.datasets as datasets
     import neuroenc_builtins.recipes as recipes
 
@@ -134,9 +134,9 @@ def instrument(tracker: StageTracker) -> None:
 
 def one_pass(registry_path: Path, profile: Path | None) -> dict:
     """Run the registry in this process; return stage timings and memory."""
-    from neuroenc.config import load_registry, resolve_registry
-    from neuroenc.plugins import PluginManager
-    from neuroenc.runner import run_registry
+    from neuroenc.core.config import load_registry, resolve_registry
+    from neuroenc.core.plugins import PluginManager
+    from neuroenc.core.runner import run_registry
 
     tracker = StageTracker()
     instrument(tracker)

@@ -82,10 +82,10 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from neuroenc.cache import hash_files
-    from neuroenc.context import RunContext
-    from neuroenc.features import extract_features, feature_cache_key
-    from neuroenc.plugins import PluginManager
+    from neuroenc.core.cache import hash_files
+    from neuroenc.core.context import RunContext
+    from neuroenc.stimuli.features import extract_features, feature_cache_key
+    from neuroenc.core.plugins import PluginManager
     from neuroenc_builtins.backbones import TimmBackbone, TimmParams
 
     print(f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores, torch threads "

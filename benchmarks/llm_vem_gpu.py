@@ -34,9 +34,9 @@ def main() -> None:
 
     import torch
 
-    from neuroenc.config import default_cache_dir, expand_model, load_registry, resolve_registry
-    from neuroenc.context import RunContext, seed_everything
-    from neuroenc.plugins import PluginManager
+    from neuroenc.core.config import default_cache_dir, expand_model, load_registry, resolve_registry
+    from neuroenc.core.context import RunContext, seed_everything
+    from neuroenc.core.plugins import PluginManager
 
     manager = PluginManager()
     registry = resolve_registry(load_registry(args.registry), manager)

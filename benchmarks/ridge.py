@@ -107,7 +107,7 @@ def worker(solver: str, folder: Path, alphas: np.ndarray, n_folds: int, device: 
     if solver.startswith("neuroenc"):
         import torch
 
-        from neuroenc.ridge import solve_ridge_cv
+        from neuroenc.models.ridge import solve_ridge_cv
 
         cv = _NEUROENC_CV[solver]
         dtype = "float64" if solver.endswith("float64") else "float32"
@@ -215,7 +215,7 @@ def gemm_worker(device: str) -> dict:
 def neuroenc_flops(n: int, p: int, t: int, a: int, k: int, cv: str) -> dict:
     """Return the flops neuroenc's algorithm does for these sizes (contiguous K-fold or
     LOO / GCV; rank taken as min(n_train, p)), split into target side and X side."""
-    from neuroenc.ridge import _QUAD_BLOCK, _use_quadratic_form
+    from neuroenc.models.ridge._solvers import _QUAD_BLOCK, _use_quadratic_form
 
     n_val = n // k
     n_tr = n - n_val

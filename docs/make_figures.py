@@ -24,8 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(HERE / "figures"), help="folder for the PNGs")
     args = parser.parse_args(argv)
 
-    from neuroenc.analysis import leading_models, load_results
-    from neuroenc.plotting import (plot_difference_map, plot_model_scatter, plot_roi_comparison,
+    from neuroenc.evaluation.analysis import leading_models, load_results
+    from neuroenc.viz.plotting import (plot_difference_map, plot_model_scatter, plot_roi_comparison,
                                    plot_surface, save_figure)
 
     results = load_results(args.run_dir)

@@ -42,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     html = args.target
     if html.is_dir():
-        from neuroenc.report import write_report
+        from neuroenc.viz.report import write_report
 
         html = write_report(html)
     out = args.out or html.with_suffix(".png")

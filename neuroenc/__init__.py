@@ -18,3 +18,7 @@ from neuroenc.hookspecs import hookimpl  # noqa: E402  (the decorator plugin aut
 from neuroenc.records import Component, NoParams, Slot  # noqa: E402
 
 __all__ += ["hookimpl", "Component", "NoParams", "Slot"]
+
+from neuroenc import _moved  # noqa: E402
+
+_moved.install()  # 0.1 module paths keep importing (docs/changelog.md)

@@ -45,7 +45,7 @@ class Component:
         The name users write in registry.yaml, unique within its kind.
     factory : callable
         ``factory(params, context)`` builds the component from a validated instance of
-        ``params`` and a :class:`neuroenc.context.RunContext`.
+        ``params`` and a :class:`neuroenc.core.context.RunContext`.
     params : type of pydantic.BaseModel
         The component's parameters; their field names are the YAML keys. Forbid extra
         fields so that typos are reported.
@@ -74,7 +74,7 @@ class Component:
 class Slot:
     """Marks a recipe parameter as a reference to a component of one kind.
 
-    Used as ``Annotated`` metadata on a :class:`neuroenc.config.ComponentRef` field of a
+    Used as ``Annotated`` metadata on a :class:`neuroenc.core.config.ComponentRef` field of a
     recipe's params model, e.g. ``backbone: Annotated[ComponentRef, Slot("image_backbone")]``.
     The registry validator then checks the referenced name and its parameters.
     """

@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture
 def pm():
     """A plugin manager with no plugins loaded (pluggy's own tests have the same fixture)."""
-    from neuroenc.plugins import PluginManager
+    from neuroenc.core.plugins import PluginManager
 
     return PluginManager(load_entrypoints=False)
 
@@ -25,7 +25,7 @@ def pm():
 @pytest.fixture
 def manager():
     """A plugin manager with the installed plugins (the built-ins) loaded."""
-    from neuroenc.plugins import PluginManager
+    from neuroenc.core.plugins import PluginManager
 
     return PluginManager(strict=True)
 

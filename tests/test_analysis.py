@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from neuroenc.analysis import (across_subjects, bootstrap_median_ci, challenge_scores,
+from neuroenc.evaluation.analysis import (across_subjects, bootstrap_median_ci, challenge_scores,
                                load_results, load_results_long, model_difference, roi_order,
                                roi_table, select_model)
-from neuroenc.results import result_dataset, roi_summary, summarize, write_netcdf
-from neuroenc.runner import challenge_means
+from neuroenc.evaluation.results import result_dataset, roi_summary, summarize, write_netcdf
+from neuroenc.core.runner import challenge_means
 
 ROIS = {"roi_prf_visualrois": ["V1v", "V1d", "hV4"], "roi_floc_faces": ["FFA-1", "OFA"]}
 
@@ -221,7 +221,7 @@ def test_roi_order_follows_the_algonauts_labels():
 
 
 def test_leading_models_keep_the_best_point_of_each_sweep(tmp_path):
-    from neuroenc.results import read_netcdf
+    from neuroenc.evaluation.results import read_netcdf
 
     folder = tmp_path / "run"
     make_run(folder, {"plain": 30.0, "sw@x=1": 20.0, "sw@x=2": 45.0, "other": 40.0})
@@ -231,6 +231,6 @@ def test_leading_models_keep_the_best_point_of_each_sweep(tmp_path):
             ds = read_netcdf(path)
             ds.attrs["sweep_base"] = "sw"
             write_netcdf(ds, path)
-    from neuroenc.analysis import leading_models
+    from neuroenc.evaluation.analysis import leading_models
 
     assert leading_models(load_results(folder)) == ["sw@x=2", "other", "plain"]

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neuroenc.context import RunContext
-from neuroenc.plugins import PluginManager
+from neuroenc.core.context import RunContext
+from neuroenc.core.plugins import PluginManager
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -158,7 +158,7 @@ def test_devkit_recipe_equals_the_pipeline_on_its_features(small_demo_root, cont
     from sklearn.preprocessing import StandardScaler
 
     from neuroenc_builtins.algonauts import read_subject
-    from neuroenc.features import extract_features
+    from neuroenc.stimuli.features import extract_features
 
     data = read_subject(small_demo_root, "subj01")
     model = context.build("recipe", {"name": "devkit", "backbone": {
@@ -252,7 +252,7 @@ def test_variance_partitioning_recovers_known_parts():
 def test_banded_ridge_beats_one_alpha_when_a_band_is_noise():
     """A wide band of pure noise next to a narrow informative one: one shared penalty
     cannot serve both; a penalty per band can."""
-    from neuroenc.ridge import RidgeCV
+    from neuroenc.models.ridge import RidgeCV
     from neuroenc_baselines.text import BandedRidgeCV
 
     rng = np.random.default_rng(0)
@@ -303,9 +303,9 @@ def neuroenc_text_encoders():
 
 
 def test_text_ridge_and_variance_partitioning_in_a_run(small_demo_root, tmp_path):
-    from neuroenc.config import load_registry, resolve_registry
-    from neuroenc.results import read_netcdf
-    from neuroenc.runner import run_registry
+    from neuroenc.core.config import load_registry, resolve_registry
+    from neuroenc.evaluation.results import read_netcdf
+    from neuroenc.core.runner import run_registry
 
     baselines_module()  # importable by name from the registry
     (tmp_path / "text_plugin.py").write_text(TEXT_PLUGIN)

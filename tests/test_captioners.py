@@ -575,7 +575,7 @@ def test_caption_file_errors(tmp_path):
 
 
 def test_components_build_through_the_plugin_interface(tmp_path, pm):
-    from neuroenc.context import RunContext
+    from neuroenc.core.context import RunContext
 
     (tmp_path / "caps.csv").write_text("image,caption\na.png,x\n")
     context = RunContext(manager=pm, cache_dir=tmp_path / "cache", base_dir=tmp_path, seed=11)

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from neuroenc.captions import (CaptionCacheWarning, caption_cache_dir, caption_cache_key,
+from neuroenc.stimuli.captions import (CaptionCacheWarning, caption_cache_dir, caption_cache_key,
                                caption_images, image_sha256, read_caption_cache)
-from neuroenc.context import RunContext
+from neuroenc.core.context import RunContext
 
 
 from neuroenc_llmvem.captioners import (CaptionFileCaptioner, CaptionFileParams,
@@ -188,9 +188,9 @@ def test_resume_after_a_hard_kill_and_a_torn_line(images, caption_file, context,
     script = textwrap.dedent(f"""
         import json, os
         from pathlib import Path
-        from neuroenc.captions import caption_images
-        from neuroenc.context import RunContext
-        from neuroenc.plugins import PluginManager
+        from neuroenc.stimuli.captions import caption_images
+        from neuroenc.core.context import RunContext
+        from neuroenc.core.plugins import PluginManager
 
         identity = json.loads({json.dumps(json.dumps(inner.identity()))})
         by_name = json.loads({json.dumps(json.dumps(inner.by_name))})

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from neuroenc.config import RegistryError, load_registry, resolve_registry
+from neuroenc.core.config import RegistryError, load_registry, resolve_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 

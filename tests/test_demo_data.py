@@ -222,7 +222,7 @@ def test_captions_mention_exactly_the_categories_drawn(root: Path) -> None:
 def test_captions_name_written_words_that_are_drawn() -> None:
     # Over many scenes: every word drawn is quoted, verbatim, in the caption.
     for nsd_id in range(200):
-        _, scene, _ = demo._render_image(0, nsd_id, 64)
+        _, scene, _ = demo.writer._render_image(0, nsd_id, 64)
         words = [o for o in scene.objects if o.category == "word"]
         for o in words:
             quoted = re.search(r"'([A-Z]+)'", o.phrase).group(1)
@@ -336,7 +336,7 @@ def test_ensure_generates_once_then_reuses(tmp_path: Path, monkeypatch: pytest.M
     def fail(*args: object, **kwargs: object) -> Path:
         raise AssertionError("regenerated a cached dataset")
 
-    monkeypatch.setattr(demo, "generate_demo_dataset", fail)
+    monkeypatch.setattr(demo.writer, "generate_demo_dataset", fail)
     assert ensure_demo_dataset(tmp_path, **TINY) == first
     assert ensure_demo_dataset(tmp_path, progress=True, **TINY) == first, "progress is not part of the key"
     assert (first / "demo_info.json").stat().st_mtime_ns == stamp
@@ -352,14 +352,14 @@ def test_cache_key_covers_params_and_version(tmp_path: Path, monkeypatch: pytest
         (root / "demo_info.json").write_text("{}")
         return root
 
-    monkeypatch.setattr(demo, "generate_demo_dataset", fake)
+    monkeypatch.setattr(demo.writer, "generate_demo_dataset", fake)
     monkeypatch.setenv("NEUROENC_CACHE_DIR", str(tmp_path / "cache"))
     default = ensure_demo_dataset()
     assert default.parent == tmp_path / "cache" / "demo-data"
     assert ensure_demo_dataset(n_train=1000) == default, "explicit defaults share the cache entry"
     assert ensure_demo_dataset(seed=1) != default
     assert ensure_demo_dataset(image_size=64) != default
-    monkeypatch.setattr(demo, "DEMO_GENERATOR_VERSION", DEMO_GENERATOR_VERSION + "-next")
+    monkeypatch.setattr(demo.writer, "DEMO_GENERATOR_VERSION", DEMO_GENERATOR_VERSION + "-next")
     assert ensure_demo_dataset() != default, "a new generator version must not reuse old data"
     assert len(made) == 4
     with pytest.raises(TypeError, match="n_images"):
@@ -368,7 +368,7 @@ def test_cache_key_covers_params_and_version(tmp_path: Path, monkeypatch: pytest
 
 def test_interrupted_generation_leaves_no_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = {"n": 0}
-    real = demo._simulate_trials
+    real = demo.writer._simulate_trials
 
     def interrupt_in_second_hemisphere(*args: object, **kwargs: object):  # noqa: ANN202
         calls["n"] += 1
@@ -376,13 +376,13 @@ def test_interrupted_generation_leaves_no_dataset(tmp_path: Path, monkeypatch: p
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(demo, "_simulate_trials", interrupt_in_second_hemisphere)
+    monkeypatch.setattr(demo.writer, "_simulate_trials", interrupt_in_second_hemisphere)
     with pytest.raises(KeyboardInterrupt):
         ensure_demo_dataset(tmp_path, **TINY)
     assert calls["n"] == 2
     assert list(tmp_path.iterdir()) == [], "a partial dataset or temporary folder was left behind"
 
-    monkeypatch.setattr(demo, "_simulate_trials", real)
+    monkeypatch.setattr(demo.writer, "_simulate_trials", real)
     root = ensure_demo_dataset(tmp_path, **TINY)
     assert (root / "demo_info.json").is_file()
 

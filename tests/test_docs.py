@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from neuroenc.config import load_registry, resolve_registry
-from neuroenc.context import RunContext
+from neuroenc.core.config import load_registry, resolve_registry
+from neuroenc.core.context import RunContext
 
 ROOT = Path(__file__).resolve().parents[1]
 

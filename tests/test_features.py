@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from neuroenc.context import RunContext
-from neuroenc.features import extract_features, feature_cache_key
+from neuroenc.core.context import RunContext
+from neuroenc.stimuli.features import extract_features, feature_cache_key
 from neuroenc_builtins.backbones import TimmBackbone, TimmParams, resolve_checkpoint
 
 
@@ -156,15 +156,15 @@ def test_memoised_image_hashes_give_the_content_key_and_skip_rereading(images, t
                                                                       monkeypatch):
     import os
 
-    from neuroenc import features
-    from neuroenc.cache import hash_files
+    from neuroenc.stimuli import features
+    from neuroenc.core.cache import hash_files
 
     index = tmp_path / "cache" / "file-hashes"
     expected = hash_files(images)
     # Files hashed right after they were written are "racy": never trusted from the memo.
     assert features.hash_images(images, index) == expected
     calls = []
-    from neuroenc import cache
+    from neuroenc.core import cache
 
     real = cache.file_sha256
     monkeypatch.setattr(cache, "file_sha256", lambda p: calls.append(p) or real(p))
@@ -193,7 +193,7 @@ def test_memoised_image_hashes_give_the_content_key_and_skip_rereading(images, t
 
 def test_cache_key_layout_is_unchanged(images):
     """Other code reads cache entries by this key: it must stay the documented hash."""
-    from neuroenc.cache import hash_files, stable_hash
+    from neuroenc.core.cache import hash_files, stable_hash
 
     backbone = _backbone()
     key, description = feature_cache_key(backbone, images)
@@ -203,8 +203,8 @@ def test_cache_key_layout_is_unchanged(images):
 
 
 def test_corrupt_hash_index_is_ignored(images, tmp_path):
-    from neuroenc import features
-    from neuroenc.cache import hash_files
+    from neuroenc.stimuli import features
+    from neuroenc.core.cache import hash_files
 
     index = tmp_path / "idx"
     features.hash_images(images, index)

@@ -10,12 +10,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from neuroenc.config import load_registry, resolve_registry
+from neuroenc.core.config import load_registry, resolve_registry
 from neuroenc.data.subject import DatasetError, SubjectData
-from neuroenc.metrics import noise_ceiling_from_ncsnr, noise_ceiling_from_trials
-from neuroenc.plugins import PluginManager
-from neuroenc.results import read_netcdf
-from neuroenc.runner import run_registry
+from neuroenc.evaluation.metrics import noise_ceiling_from_ncsnr, noise_ceiling_from_trials
+from neuroenc.core.plugins import PluginManager
+from neuroenc.evaluation.results import read_netcdf
+from neuroenc.core.runner import run_registry
 from neuroenc_builtins.folder import FolderDataset, read_folder_subject
 
 N_TRAIN, N_TEST, N_REPEATS = 60, 16, 3
@@ -233,10 +233,10 @@ def test_unknown_subject_lists_the_available_ones(volume):
 def test_volume_results_plot_in_the_volume_and_report(volume, tmp_path):
     from PIL import Image as PILImage
 
-    from neuroenc.analysis import load_results
-    from neuroenc.plotting import plot_difference_map, plot_map
-    from neuroenc.report import write_report
-    from neuroenc.volume import volume_image
+    from neuroenc.evaluation.analysis import load_results
+    from neuroenc.viz.plotting import plot_difference_map, plot_map
+    from neuroenc.viz.report import write_report
+    from neuroenc.viz.volume import volume_image
 
     root, truth = volume
     test_runs_ridge_end_to_end_in_volume_space(volume, tmp_path)

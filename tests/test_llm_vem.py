@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from neuroenc.config import ComponentRef, ModelConfig, expand_model, set_dotted
-from neuroenc.context import RunContext
+from neuroenc.core.config import ComponentRef, ModelConfig, expand_model, set_dotted
+from neuroenc.core.context import RunContext
 from neuroenc_builtins.algonauts import read_subject
 from neuroenc_llmvem.heads import PCAHead, PCAHeadParams, pca_basis
 from neuroenc_llmvem.losses import ContrastiveLoss, ContrastiveParams, info_nce
@@ -86,7 +86,7 @@ def test_pca_head_fitted_alone_on_features_learns(manager, tmp_path):
     head = PCAHead(PCAHeadParams(n_components=20, low_rank=64, dropout=0.0, epochs=60, lr=3e-3),
                    _context(manager, tmp_path)).fit(X[:250], Y[:250])
     pred = head.predict(X[250:])
-    from neuroenc.metrics import r2_score
+    from neuroenc.evaluation.metrics import r2_score
 
     assert np.median(r2_score(Y[250:], pred)) > 0.8
 
@@ -152,7 +152,7 @@ def test_two_stage_training_improves_over_its_first_epoch(manager, tmp_path, sma
     assert max(scores[1:]) > scores[0]
     assert pred.shape == (len(data.test_images), sum(data.n_vertices.values()))
     # the backbone's attention weights changed in stage 2, nothing else in the backbone did
-    from neuroenc.context import seed_everything
+    from neuroenc.core.context import seed_everything
 
     seed_everything(0)  # as fit() does right before it builds the backbone
     fresh = _context(manager, tmp_path / "fresh").build("image_backbone", TINY_EVA).module

@@ -7,7 +7,7 @@ import pytest
 from scipy.stats import pearsonr
 from sklearn.metrics import r2_score as sk_r2
 
-from neuroenc import metrics
+from neuroenc.evaluation import metrics
 
 
 def test_pearson_hand_computed():

@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from neuroenc import plotting
-from neuroenc.analysis import across_subjects, load_results, roi_table
+from neuroenc.viz import plotting
+from neuroenc.evaluation.analysis import across_subjects, load_results, roi_table
 from neuroenc_builtins.algonauts import read_subject
-from neuroenc.results import combine_sweep, result_dataset, write_netcdf
+from neuroenc.evaluation.results import combine_sweep, result_dataset, write_netcdf
 
 VIEWS = ("lateral", "ventral")
 
@@ -228,7 +228,7 @@ def test_interactive_html_needs_plotly(run, tmp_path, monkeypatch):
 
 def test_plot_command(run, tmp_path):
     from neuroenc.cli import app
-    from neuroenc.cli_analysis import register
+    from neuroenc.cli.analysis import register
 
     register(app)
     folder, _, _ = run

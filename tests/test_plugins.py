@@ -9,7 +9,7 @@ import pytest
 
 import neuroenc
 from neuroenc import Component, hookimpl
-from neuroenc.plugins import PluginError, PluginManager, PluginWarning, UnknownComponentError
+from neuroenc.core.plugins import PluginError, PluginManager, PluginWarning, UnknownComponentError
 
 
 def _plugin(**hooks) -> types.SimpleNamespace:
@@ -121,7 +121,7 @@ def test_broken_hook_is_an_error_when_strict():
 def test_broken_entry_point_warns_and_builtins_still_load(monkeypatch):
     from importlib.metadata import EntryPoint
 
-    import neuroenc.plugins as plugins_mod
+    import neuroenc.core.plugins as plugins_mod
 
     real = plugins_mod.entry_points
 

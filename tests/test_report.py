@@ -12,11 +12,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from neuroenc.analysis import challenge_scores, load_results
+from neuroenc.evaluation.analysis import challenge_scores, load_results
 from neuroenc_builtins.algonauts import read_subject
-from neuroenc.report import write_report
-from neuroenc.results import combine_sweep, result_dataset, write_netcdf
-from neuroenc.runner import sweep_summary
+from neuroenc.viz.report import write_report
+from neuroenc.evaluation.results import combine_sweep, result_dataset, write_netcdf
+from neuroenc.core.runner import sweep_summary
 
 VOID = {"meta", "img", "br", "hr", "link", "input", "col"}
 
@@ -167,7 +167,7 @@ def test_report_without_the_mesh_still_writes_the_tables(small_demo_root, tmp_pa
 
 def test_report_command(report, tmp_path):
     from neuroenc.cli import app
-    from neuroenc.cli_analysis import register
+    from neuroenc.cli.analysis import register
 
     register(app)
     folder, _, _ = report

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from neuroenc.results import (export_submission, load_run, read_netcdf, result_dataset,
+from neuroenc.evaluation.results import (export_submission, load_run, read_netcdf, result_dataset,
                               roi_summary, summarize, write_netcdf)
 
 

@@ -1,4 +1,4 @@
-"""Tests of neuroenc.ridge against an independent scikit-learn reference.
+"""Tests of neuroenc.models.ridge against an independent scikit-learn reference.
 
 The reference selects each target's alpha by looping sklearn ``Ridge`` over alphas and
 folds by hand, then refits ``Ridge(alpha=best)`` on all samples; nothing in it shares
@@ -15,7 +15,7 @@ from sklearn.model_selection import GroupKFold, KFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from neuroenc.ridge import DEFAULT_ALPHAS, RidgeCV, RidgeCVResult, solve_ridge_cv
+from neuroenc.models.ridge import DEFAULT_ALPHAS, RidgeCV, RidgeCVResult, solve_ridge_cv
 
 ALPHAS = np.logspace(-2, 5, 8)
 
@@ -304,7 +304,7 @@ def test_quadratic_form_path_matches_explicit_predictions(monkeypatch, n_samples
                                                          n_folds, scoring):
     """The validation scores via u^T G u (block upper-triangular products) equal those of
     explicit predictions P u, in the primal and the dual, for both scorings."""
-    import neuroenc.ridge as ridge
+    import neuroenc.models.ridge._solvers as ridge
 
     X, Y = make_data(n_samples, n_features, 25, seed=11)
     kwargs = dict(n_folds=n_folds, scoring=scoring, dtype="float64")

@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from neuroenc.cli import app
-from neuroenc.results import load_run, read_netcdf
+from neuroenc.evaluation.results import load_run, read_netcdf
 
 runner = CliRunner()
 
@@ -84,7 +84,7 @@ def test_run_writes_a_complete_results_folder(demo_run, small_demo_root):
 def test_scores_are_recomputable_from_saved_predictions(demo_run, small_demo_root):
     """The saved score equals the metric recomputed from saved predictions and measured data."""
     from neuroenc_builtins.algonauts import read_subject
-    from neuroenc.metrics import noise_normalized_score, pearson_r
+    from neuroenc.evaluation.metrics import noise_normalized_score, pearson_r
 
     folder, _ = demo_run
     run_dir = folder / "out" / "e2e" / "latest"

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from neuroenc.context import RunContext
-from neuroenc.text_features import encode_texts, hash_texts, text_cache_key
+from neuroenc.core.context import RunContext
+from neuroenc.stimuli.text_features import encode_texts, hash_texts, text_cache_key
 from neuroenc_llmvem.text_encoders import (COMPONENTS, ClipParams, ClipTextEncoder,
                                            SentenceTransformerParams)
 

@@ -45,8 +45,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from neuroenc import Component
-from neuroenc.config import BackboneRef, ComponentRef, MapperRef
-from neuroenc.features import extract_features
+from neuroenc.core.config import BackboneRef, ComponentRef, MapperRef
+from neuroenc.stimuli.features import extract_features
 
 if TYPE_CHECKING:
     import torch
@@ -97,7 +97,7 @@ class AlexNetParams(BaseModel):
     @field_validator("layers")
     @classmethod
     def _known(cls, layers: list[str]) -> list[str]:
-        from neuroenc.plugins import suggest
+        from neuroenc.core.plugins import suggest
 
         for layer in layers:
             if layer not in _LAYERS:

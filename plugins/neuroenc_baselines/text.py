@@ -20,7 +20,7 @@
     The joint model is a banded ridge: each band (image, text) is z-scored and scaled to
     unit total variance, then the text band is weighted ``sqrt(r)`` and the image band
     ``1 / sqrt(r)`` for every ratio ``r`` of a small grid; for each ratio the usual
-    per-vertex cross-validated ridge (:func:`neuroenc.ridge.solve_ridge_cv`) picks an alpha,
+    per-vertex cross-validated ridge (:func:`neuroenc.models.ridge.solve_ridge_cv`) picks an alpha,
     and each vertex keeps the (ratio, alpha) with the best cross-validated score. Scaling
     a band by ``w`` is the same as dividing its penalty by ``w**2``, so this is ridge with
     one alpha per band and vertex (himalaya's banded ridge), searched on a grid rather
@@ -49,9 +49,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from neuroenc import Component
-from neuroenc.config import BackboneRef, CaptionerRef, ComponentRef, MapperRef, TextEncoderRef
+from neuroenc.core.config import BackboneRef, CaptionerRef, ComponentRef, MapperRef, TextEncoderRef
 from neuroenc.interfaces import Prediction
-from neuroenc.metrics import r2_score
+from neuroenc.evaluation.metrics import r2_score
 
 from .devkit import layer_features
 
@@ -99,9 +99,9 @@ class BandedRidgeCV:
         For two bands: weights ``(1 / sqrt(r), sqrt(r))`` for each ratio ``r``; ignored
         with one band.
     n_folds : int
-        Contiguous folds (see :func:`neuroenc.ridge.contiguous_folds`).
+        Contiguous folds (see :func:`neuroenc.models.ridge.contiguous_folds`).
     device, dtype : str
-        Passed to :func:`neuroenc.ridge.solve_ridge_cv`.
+        Passed to :func:`neuroenc.models.ridge.solve_ridge_cv`.
 
     Attributes
     ----------
@@ -132,7 +132,7 @@ class BandedRidgeCV:
 
     def fit(self, bands: Sequence[np.ndarray], Y: np.ndarray) -> BandedRidgeCV:
         """Fit on bands of shape (n_samples, n_features_b) and Y (n_samples, n_targets)."""
-        from neuroenc.ridge import solve_ridge_cv
+        from neuroenc.models.ridge import solve_ridge_cv
 
         if not 1 <= len(bands) <= 2:
             raise ValueError(f"BandedRidgeCV: 1 or 2 bands, found {len(bands)}")
@@ -228,8 +228,8 @@ class VariancePartitioner:
 
 def caption_embeddings(captioner, encoder, data, split: str, context) -> np.ndarray:
     """Return the embedded captions of a split's images, shape (n_images, dim), float32."""
-    from neuroenc.captions import caption_images
-    from neuroenc.text_features import encode_texts
+    from neuroenc.stimuli.captions import caption_images
+    from neuroenc.stimuli.text_features import encode_texts
 
     images = data.train_images if split == "train" else data.test_images
     captions = caption_images(captioner, images, context,

@@ -38,7 +38,7 @@ import numpy as np
 
 from neuroenc.data.subject import (FSAVERAGE_MESHES, SPLITS, DatasetError, ResponseBlock,
                                    SubjectData, roi_coordinate)
-from neuroenc.metrics import noise_ceiling_from_trials
+from neuroenc.evaluation.metrics import noise_ceiling_from_trials
 
 __all__ = ["IMAGE_SUFFIXES", "RESPONSE_SUFFIXES", "FolderDataset", "read_folder_subject"]
 

@@ -31,7 +31,7 @@ class RidgeParams(BaseModel):
 
 
 def _ridge(params: RidgeParams, context):
-    from neuroenc.ridge import RidgeCV
+    from neuroenc.models.ridge import RidgeCV
 
     return RidgeCV(alphas=np.asarray(params.alphas), n_folds=params.n_folds,
                    fit_intercept=params.fit_intercept, standardize=params.standardize,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from neuroenc import Component
-from neuroenc import metrics as m
+from neuroenc.evaluation import metrics as m
 
 
 def _pearson(params, context):

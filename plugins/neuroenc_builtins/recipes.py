@@ -6,8 +6,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from neuroenc import Component
-from neuroenc.config import BackboneRef, ComponentRef, MapperRef
-from neuroenc.features import extract_features
+from neuroenc.core.config import BackboneRef, ComponentRef, MapperRef
+from neuroenc.stimuli.features import extract_features
 
 
 class FrozenFeaturesParams(BaseModel):

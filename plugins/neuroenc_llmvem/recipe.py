@@ -15,7 +15,7 @@ Per subject:
    representation), text embedding).
 
 A stage that trains no backbone parameter and has no augmentation runs on cached backbone
-features (neuroenc.features), which makes the head stage cheap; later stages run full
+features (neuroenc.stimuli.features), which makes the head stage cheap; later stages run full
 forward passes. Training resumes from the last checkpoint after an interruption, and a
 finished training is reused, under a key that covers the recipe's params, the subject's
 data, the training images and the seed.
@@ -37,11 +37,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from neuroenc import Component
-from neuroenc.cache import atomic_path, stable_hash
-from neuroenc.config import (AlignmentLossRef, BackboneRef, CaptionerRef, ComponentRef, MapperRef,
+from neuroenc.core.cache import atomic_path, stable_hash
+from neuroenc.core.config import (AlignmentLossRef, BackboneRef, CaptionerRef, ComponentRef, MapperRef,
                              TextEncoderRef)
-from neuroenc.context import seed_everything
-from neuroenc.features import ImageFolderDataset, extract_features, hash_images
+from neuroenc.core.context import seed_everything
+from neuroenc.stimuli.features import ImageFolderDataset, extract_features, hash_images
 from neuroenc.records import Slot
 
 HEAD_PATTERNS = ("head.*", "projection.*", "alignment.*")
@@ -125,7 +125,7 @@ def _cosine_with_warmup(total_steps: int, warmup_steps: int):
 
 
 def _validation_score(measured: np.ndarray, predicted: np.ndarray, metric: str) -> float:
-    from neuroenc.metrics import pearson_r, r2_score
+    from neuroenc.evaluation.metrics import pearson_r, r2_score
 
     values = r2_score(measured, predicted) if metric == "median_r2" else pearson_r(measured, predicted)
     return float(np.median(values))
@@ -150,8 +150,8 @@ class LLMVEMModel:
 
     # -- data ---------------------------------------------------------------------------
     def _text_embeddings(self, images: list[Path]) -> np.ndarray:
-        from neuroenc.captions import caption_images
-        from neuroenc.text_features import encode_texts
+        from neuroenc.stimuli.captions import caption_images
+        from neuroenc.stimuli.text_features import encode_texts
 
         captioner = self.context.build("captioner", self.params.captioner)
         captions = caption_images(captioner, images, self.context, description="captions")

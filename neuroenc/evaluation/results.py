@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from neuroenc.cache import atomic_path
+from neuroenc.core.cache import atomic_path
 from neuroenc.data.subject import ROI_PREFIX
-from neuroenc.metrics import challenge_score
+from neuroenc.evaluation.metrics import challenge_score
 
 __all__ = [
     "ROI_PREFIX",
@@ -199,7 +199,7 @@ def roi_summary(ds: xr.Dataset, variable: str, level: str = "roi") -> pd.DataFra
 
     Columns: ``roi_class``, [``roi``], ``n_vertices`` (vertices with a value),
     ``median``, ``mean``. The row with ``roi_class == 'all'`` covers every vertex; its
-    ``mean`` is the challenge-style score (:func:`neuroenc.metrics.challenge_score`).
+    ``mean`` is the challenge-style score (:func:`neuroenc.evaluation.metrics.challenge_score`).
     ``level="roi_class"`` pools each class's ROIs (no ``roi`` column).
     """
     values = ds[variable].values
@@ -258,7 +258,7 @@ def summarize(results: Iterable[xr.Dataset], variable: str | None = None) -> pd.
         frames.append(frame)
     table = pd.concat(frames, ignore_index=True)
     table.attrs["variable"] = variable
-    from neuroenc.analysis import challenge_scores  # analysis builds on this module
+    from neuroenc.evaluation.analysis import challenge_scores  # analysis builds on this module
 
     table.attrs["challenge"] = challenge_scores(results, variable).to_dict()
     return table

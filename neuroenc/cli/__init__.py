@@ -24,7 +24,7 @@ Block = Annotated[Optional[list[str]], typer.Option(
 
 
 def _manager(strict: bool, block: list[str] | None):
-    from neuroenc.plugins import PluginManager, PluginWarning
+    from neuroenc.core.plugins import PluginManager, PluginWarning
 
     def show(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, PluginWarning):
@@ -41,8 +41,8 @@ def _fail(exc: Exception) -> None:
 
 
 def _load(registry_file: Path, strict: bool, block: list[str] | None):
-    from neuroenc.config import RegistryError, load_registry, resolve_registry
-    from neuroenc.plugins import PluginError
+    from neuroenc.core.config import RegistryError, load_registry, resolve_registry
+    from neuroenc.core.plugins import PluginError
 
     manager = _manager(strict, block)
     try:
@@ -62,7 +62,7 @@ def run(
 ) -> None:
     """Train and score every model of REGISTRY_FILE on every subject; write a results folder."""
     from neuroenc_builtins.algonauts import DatasetError
-    from neuroenc.runner import run_registry
+    from neuroenc.core.runner import run_registry
 
     registry, manager = _load(registry_file, strict, block)
     if device is not None:
@@ -79,7 +79,7 @@ def run(
     console.print()
     _print_summary(result.summary)
     if result.sweep is not None:
-        from neuroenc.runner import format_sweep
+        from neuroenc.core.runner import format_sweep
 
         console.print()
         console.print(format_sweep(result.sweep, result.summary.attrs["variable"]), highlight=False,
@@ -89,7 +89,7 @@ def run(
 
 def _print_summary(summary) -> None:
     """Print one table per subject: ROIs as rows (grouped by class), models as columns."""
-    from neuroenc.runner import challenge_means, summary_pivot
+    from neuroenc.core.runner import challenge_means, summary_pivot
 
     variable = summary.attrs.get("variable", "score")
     pivot = summary_pivot(summary)
@@ -140,7 +140,7 @@ def plugins(
     block: Block = None,
 ) -> None:
     """List every component by kind, with its provider, version and parameters."""
-    from neuroenc.plugins import PluginError
+    from neuroenc.core.plugins import PluginError
     from neuroenc.records import KINDS
 
     if registry_file is not None:
@@ -191,7 +191,7 @@ def demo_data(
     console.print(f"demo dataset written to {root}")
 
 
-from neuroenc.cli_analysis import register  # noqa: E402  (plot and report commands)
+from neuroenc.cli.analysis import register  # noqa: E402  (plot and report commands)
 
 register(app)
 

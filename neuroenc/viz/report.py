@@ -1,6 +1,6 @@
 """A self-contained HTML report of one run: tables, surface maps, ROI comparisons, sweeps.
 
-:func:`write_report` reads a run folder (see :mod:`neuroenc.runner` for its layout) and
+:func:`write_report` reads a run folder (see :mod:`neuroenc.core.runner` for its layout) and
 writes one HTML file with every figure embedded as a base64 PNG and the CSS inline, so
 the file can be mailed, archived or opened offline; nothing is fetched when it is viewed.
 
@@ -26,11 +26,11 @@ import pandas as pd
 import xarray as xr
 import yaml
 
-from neuroenc.analysis import (MODEL_DIM, across_subjects, challenge_scores, default_variable,
+from neuroenc.evaluation.analysis import (MODEL_DIM, across_subjects, challenge_scores, default_variable,
                                leading_models, load_results, per_vertex_variables, roi_order,
                                roi_table, select_model)
-from neuroenc.cache import atomic_path
-from neuroenc.results import roi_coords
+from neuroenc.core.cache import atomic_path
+from neuroenc.evaluation.results import roi_coords
 
 __all__ = ["write_report", "figure_to_base64"]
 
@@ -43,7 +43,7 @@ def figure_to_base64(fig, *, dpi: float = 80, optimize: bool = True) -> str:
     fig.savefig(buffer, format="png", dpi=dpi, facecolor=fig.get_facecolor())
     data = buffer.getvalue()
     if optimize:
-        from neuroenc.plotting import quantize_png
+        from neuroenc.viz.plotting import quantize_png
 
         data = quantize_png(data)
     return base64.b64encode(data).decode("ascii")
@@ -126,7 +126,7 @@ def write_report(run_dir: str | Path, out_path: str | Path | None = None, *,
     variable : str, optional
         The score summarised (default ``noise_normalized`` where present, else ``pearson``).
     views : sequence of str
-        Views of the surface maps (see :func:`neuroenc.plotting.plot_surface`).
+        Views of the surface maps (see :func:`neuroenc.viz.plotting.plot_surface`).
     max_surface_maps : int
         At most this many (model, subject) surface maps; sweeps contribute their best
         point only. The report says which maps were left out.
@@ -149,7 +149,7 @@ def write_report(run_dir: str | Path, out_path: str | Path | None = None, *,
     Where the full fsaverage mesh cannot be fetched (offline), the surface sections say
     so and how to provide it; the rest of the report is written.
     """
-    from neuroenc import plotting
+    from neuroenc.viz import plotting
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -353,7 +353,7 @@ def _page(title: str, doc: _Html, run_dir: Path) -> str:
 
     from neuroenc import __version__
 
-    env = jinja2.Environment(loader=jinja2.PackageLoader("neuroenc", "templates"),
+    env = jinja2.Environment(loader=jinja2.PackageLoader("neuroenc.viz", "templates"),
                              autoescape=True, keep_trailing_newline=True)
     return env.get_template("report.html.j2").render(
         title=title, run_dir=str(run_dir), version=__version__, sections=doc.sections,

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from neuroenc.config import ComponentRef
-    from neuroenc.plugins import PluginManager
+    from neuroenc.core.config import ComponentRef
+    from neuroenc.core.plugins import PluginManager
 
 __all__ = ["RunContext", "resolve_device", "seed_everything"]
 
@@ -75,7 +75,7 @@ class RunContext:
 
     def build(self, kind: str, ref: ComponentRef | dict | str) -> Any:
         """Return the component of ``kind`` that ``ref`` names, built with its params."""
-        from neuroenc.config import ComponentRef
+        from neuroenc.core.config import ComponentRef
 
         if not isinstance(ref, ComponentRef):
             ref = ComponentRef.model_validate(ref)

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from neuroenc.records import Slot
 
 if typing.TYPE_CHECKING:
-    from neuroenc.plugins import PluginManager
+    from neuroenc.core.plugins import PluginManager
 
 __all__ = [
     "ComponentRef",
@@ -277,7 +277,7 @@ def _pydantic_problems(exc: ValidationError, prefix: str = "") -> list[tuple[str
 
 
 def _unknown_key_hint(problems: list[tuple[str, str]], model: type[BaseModel]) -> list[tuple[str, str]]:
-    from neuroenc.plugins import suggest
+    from neuroenc.core.plugins import suggest
 
     out = []
     for path, msg in problems:
@@ -331,7 +331,7 @@ def recipe_slots(params_model: type[BaseModel]) -> dict[str, str]:
 
 def _check_component(manager: PluginManager, kind: str, ref: Any, path: str,
                      problems: list[tuple[str, str]]) -> None:
-    from neuroenc.plugins import UnknownComponentError
+    from neuroenc.core.plugins import UnknownComponentError
 
     if ref is None:
         return
@@ -359,7 +359,7 @@ def resolve_registry(registry: Registry, manager: PluginManager) -> Registry:
         Listing every unknown name (with the known ones and the closest match) and
         every invalid component parameter, by YAML path.
     """
-    from neuroenc.plugins import PluginError, UnknownComponentError
+    from neuroenc.core.plugins import PluginError, UnknownComponentError
 
     source = str(registry.source or "registry")
     problems: list[tuple[str, str]] = []

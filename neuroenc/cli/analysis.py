@@ -67,8 +67,8 @@ def plot(
 ) -> None:
     """Plot a result: a per-vertex variable on the fsaverage surface (or a per-voxel one in
     the volume), ROI comparisons, scatter, sweeps."""
-    from neuroenc.analysis import default_variable, load_results, select_model
-    from neuroenc.plotting import (FsaverageUnavailableError, has_surface_coords,
+    from neuroenc.evaluation.analysis import default_variable, load_results, select_model
+    from neuroenc.viz.plotting import (FsaverageUnavailableError, has_surface_coords,
                                    plot_difference_map, plot_map, plot_model_scatter,
                                    plot_roi_comparison, plot_sweep, surface_html)
 
@@ -82,7 +82,7 @@ def plot(
                   "with `pip install plotly` (PNG plots need only matplotlib)")
     try:
         if kind is Kind.sweep:
-            from neuroenc.plotting import read_sweeps
+            from neuroenc.viz.plotting import read_sweeps
 
             swept = models[0] if models else next(iter(read_sweeps(results)), None)
             target = out or _default_out("sweep", [swept, var or "score"])
@@ -112,7 +112,7 @@ def plot(
                 plot_map(one, variable, views=views, rois=rois, threshold=threshold, vmin=vmin,
                          vmax=vmax, cmap=cmap, diverging=diverging, dpi=dpi, out=target)
                 if html and not has_surface_coords(one):
-                    from neuroenc.volume import volume_html
+                    from neuroenc.viz.volume import volume_html
 
                     page = volume_html(one, target.with_suffix(".html"), variable,
                                        diverging=diverging, cmap=cmap, threshold=threshold)
@@ -150,7 +150,7 @@ def report(
     view: Annotated[Optional[list[View]], typer.Option("--view", help="surface view; repeatable (default: lateral medial ventral posterior)")] = None,
 ) -> None:
     """Write a self-contained HTML report of a run: tables, surface maps, ROI comparisons, sweeps."""
-    from neuroenc.report import write_report
+    from neuroenc.viz.report import write_report
 
     views = [v.value for v in view] if view else ["lateral", "medial", "ventral", "posterior"]
     try:

@@ -101,12 +101,12 @@ def plot_volume(data: xr.Dataset | xr.DataArray, variable: str | None = None, *,
 
     MNI-space data is drawn over nilearn's MNI152 template; native-space data over a
     blank background. Voxels without a value are transparent; ``threshold`` hides
-    |value| below it. Parameters as :func:`neuroenc.plotting.plot_surface`.
+    |value| below it. Parameters as :func:`neuroenc.viz.plotting.plot_surface`.
     """
     from nilearn import datasets
     from nilearn import plotting as nplot
 
-    from neuroenc.plotting import (DIVERGING_CMAP, SEQUENTIAL_CMAP, _as_dataarray, _color_limits,
+    from neuroenc.viz.plotting._common import (DIVERGING_CMAP, SEQUENTIAL_CMAP, _as_dataarray, _color_limits,
                                    _finish, _label, _new_figure)
 
     values, attrs = _as_dataarray(data, variable, model)
@@ -140,8 +140,8 @@ def volume_html(data: xr.Dataset | xr.DataArray, out: str | Path, variable: str 
     from nilearn import datasets
     from nilearn import plotting as nplot
 
-    from neuroenc.cache import atomic_path
-    from neuroenc.plotting import DIVERGING_CMAP, SEQUENTIAL_CMAP, _as_dataarray
+    from neuroenc.core.cache import atomic_path
+    from neuroenc.viz.plotting._common import DIVERGING_CMAP, SEQUENTIAL_CMAP, _as_dataarray
 
     values, attrs = _as_dataarray(data, variable, model)
     image = volume_image(values, attrs)

@@ -2,7 +2,7 @@
 
 Captioning with a vision-language LLM takes seconds per image, so a stimulus set of
 10,000 images takes hours; a crash or a pre-empted GPU job must not throw that away.
-The cache here therefore differs from the feature cache (:mod:`neuroenc.features`),
+The cache here therefore differs from the feature cache (:mod:`neuroenc.stimuli.features`),
 which writes a whole entry at once: it appends.
 
 Layout under ``<cache_dir>/captions/<key>/``, where ``key`` hashes the captioner's
@@ -33,10 +33,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from neuroenc.cache import file_digests, file_sha256, stable_hash, write_json_atomic
+from neuroenc.core.cache import file_digests, file_sha256, stable_hash, write_json_atomic
 
 if TYPE_CHECKING:
-    from neuroenc.context import RunContext
+    from neuroenc.core.context import RunContext
     from neuroenc.interfaces import Captioner
 
 __all__ = ["caption_images", "caption_cache_key", "caption_cache_dir", "read_caption_cache",

@@ -1,6 +1,6 @@
 """Text embeddings: batched encoding of captions into a memory-mapped disk cache.
 
-The design mirrors :mod:`neuroenc.features`. A cache entry's key covers the text
+The design mirrors :mod:`neuroenc.stimuli.features`. A cache entry's key covers the text
 encoder's identity (model, weights, tokenisation and long-text strategy,
 normalisation, precision) and the exact texts, in order; the entry is written into a
 temporary folder and renamed into place, so an interrupted encoding never leaves an
@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from neuroenc.cache import atomic_dir, hash_texts, stable_hash
+from neuroenc.core.cache import atomic_dir, hash_texts, stable_hash
 
 if TYPE_CHECKING:
-    from neuroenc.context import RunContext
+    from neuroenc.core.context import RunContext
     from neuroenc.interfaces import TextEncoder
 
 __all__ = ["encode_texts", "encoder_label", "hash_texts", "text_cache_key"]

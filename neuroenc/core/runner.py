@@ -29,13 +29,13 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from neuroenc.cache import atomic_path, write_json_atomic
-from neuroenc.config import Registry, default_cache_dir
-from neuroenc.context import RunContext, resolve_device, seed_everything
+from neuroenc.core.cache import atomic_path, write_json_atomic
+from neuroenc.core.config import Registry, default_cache_dir
+from neuroenc.core.context import RunContext, resolve_device, seed_everything
 from neuroenc.data.subject import DatasetError
 from neuroenc.interfaces import Prediction
-from neuroenc.plugins import PluginManager
-from neuroenc.results import (combine_sweep, export_submission, predictions_dataset,
+from neuroenc.core.plugins import PluginManager
+from neuroenc.evaluation.results import (combine_sweep, export_submission, predictions_dataset,
                               result_dataset, roi_class_summary, summarize, write_netcdf)
 
 __all__ = ["RunResult", "run_registry", "package_versions", "format_summary"]
@@ -68,7 +68,7 @@ def package_versions() -> dict[str, str]:
 
 def _git_commit() -> str | None:
     """Return the commit of a neuroenc source checkout, marked '+dirty' if it has changes."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the neuroenc package
     try:
         commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
                                 text=True, timeout=5, check=True).stdout.strip()
@@ -150,7 +150,7 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
                  log=print) -> RunResult:
     """Run every model of a resolved registry on every chosen subject; return the result.
 
-    ``registry`` must have passed :func:`neuroenc.config.resolve_registry` with ``manager``.
+    ``registry`` must have passed :func:`neuroenc.core.config.resolve_registry` with ``manager``.
     """
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -347,7 +347,7 @@ def summary_pivot(summary: pd.DataFrame) -> pd.DataFrame:
 def challenge_means(summary: pd.DataFrame) -> pd.Series:
     """Return per model the mean over every vertex of every subject (the challenge score).
 
-    As :func:`neuroenc.analysis.challenge_scores` computed it for :func:`summarize`.
+    As :func:`neuroenc.evaluation.analysis.challenge_scores` computed it for :func:`summarize`.
     """
     return pd.Series(summary.attrs["challenge"], dtype=float)
 

@@ -1,6 +1,6 @@
 """Analysis of results: many runs and models side by side, ROI summaries with their spread.
 
-:mod:`neuroenc.results` reads and summarises one result (one model on one subject). This
+:mod:`neuroenc.evaluation.results` reads and summarises one result (one model on one subject). This
 module puts results next to each other:
 
 * :func:`load_results` reads one or more run folders into one Dataset per subject with a
@@ -19,7 +19,7 @@ of a subject stay attributes.
 
 Example
 -------
->>> from neuroenc.analysis import load_results, roi_table, across_subjects
+>>> from neuroenc.evaluation.analysis import load_results, roi_table, across_subjects
 >>> results = load_results("results/demo/latest")            # doctest: +SKIP
 >>> results["subj01"].noise_normalized.sel(model="ridge-effnet").median()   # doctest: +SKIP
 >>> table = roi_table(results, "noise_normalized", level="roi_class")     # doctest: +SKIP
@@ -38,8 +38,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from neuroenc.metrics import challenge_score
-from neuroenc.results import ROI_PREFIX, load_run, read_netcdf, roi_coords, roi_groups, roi_summary
+from neuroenc.evaluation.metrics import challenge_score
+from neuroenc.evaluation.results import ROI_PREFIX, load_run, read_netcdf, roi_groups, roi_summary
 
 __all__ = [
     "MODEL_DIM",
@@ -120,7 +120,7 @@ def load_results(run_dirs: str | Path | Iterable[str | Path], *,
         ``(model, vertex)``; ``noise_ceiling`` is ``(vertex,)`` when all models share it.
         Coordinates: ``model`` and per-model attributes that differ between models
         (``split``, ``model_config``, ``sweep_base``, ``sweep_point`` ... as strings);
-        the vertex coordinates of :mod:`neuroenc.results`. A variable one model lacks
+        the vertex coordinates of :mod:`neuroenc.evaluation.results`. A variable one model lacks
         (e.g. variance-partitioning maps) is NaN for the others.
 
     Notes
@@ -287,7 +287,7 @@ def select_model(ds: xr.Dataset, model: str | None = None) -> xr.Dataset:
     """Return one model's result (dims ``vertex`` only) from a stacked or single Dataset.
 
     ``model`` may be omitted when there is only one. The returned Dataset has the
-    ``model`` attribute set, so it can go to :func:`neuroenc.results.roi_summary`.
+    ``model`` attribute set, so it can go to :func:`neuroenc.evaluation.results.roi_summary`.
 
     Raises
     ------
@@ -305,7 +305,7 @@ def select_model(ds: xr.Dataset, model: str | None = None) -> xr.Dataset:
                            f"of: {', '.join(names)}")
         model = names[0]
     if model not in names:
-        from neuroenc.plugins import suggest
+        from neuroenc.core.plugins import suggest
 
         raise KeyError(f"{ds.attrs.get('subject', 'results')}: no model {model!r}; found: "
                        f"{', '.join(names)}{suggest(model, names)}")
@@ -452,8 +452,8 @@ def roi_table(results: Mapping[str, xr.Dataset] | xr.Dataset | Iterable[xr.Datas
         Default :func:`default_variable`.
     level : {"roi", "roi_class"}
         One row per ROI (``V1v``, ``FFA-1`` ...; built on
-        :func:`neuroenc.results.roi_summary`) or per ROI class with its ROIs pooled
-        (:func:`neuroenc.results.roi_class_summary`). Either way the first row of each
+        :func:`neuroenc.evaluation.results.roi_summary`) or per ROI class with its ROIs pooled
+        (:func:`neuroenc.evaluation.results.roi_class_summary`). Either way the first row of each
         model and subject is ``roi_class == 'all'`` (every vertex).
     n_boot : int
         Bootstrap resamples for the CI of the median over vertices; 0 skips the CI.

@@ -28,16 +28,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from neuroenc.cache import atomic_dir, hash_files, stable_hash
+from neuroenc.core.cache import atomic_dir, hash_files, stable_hash
 
 if TYPE_CHECKING:
-    from neuroenc.context import RunContext
+    from neuroenc.core.context import RunContext
     from neuroenc.interfaces import ImageBackbone
 
 __all__ = ["ImageFolderDataset", "extract_features", "feature_cache_key", "hash_images"]
 
 CACHE_FORMAT = 1
-#: The content digest of an image set (also memoised): :func:`neuroenc.cache.hash_files`.
+#: The content digest of an image set (also memoised): :func:`neuroenc.core.cache.hash_files`.
 hash_images = hash_files
 
 
@@ -62,7 +62,7 @@ def feature_cache_key(backbone: ImageBackbone, images: Sequence[Path], *,
                       hash_index: Path | None = None) -> tuple[str, dict]:
     """Return ``(key, description)`` of the feature cache entry for these images.
 
-    ``hash_index``: folder memoising per-file content hashes (see :func:`neuroenc.cache.hash_files`);
+    ``hash_index``: folder memoising per-file content hashes (see :func:`neuroenc.core.cache.hash_files`);
     the key is the same with or without it.
     """
     description = {

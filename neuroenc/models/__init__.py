@@ -1,0 +1,1 @@
+"""Numerical kernels of encoding models: per-vertex cross-validated ridge (``ridge``)."""
