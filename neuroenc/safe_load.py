@@ -1,6 +1,6 @@
 """Loading ``.npy`` files from someone else's dataset or cache without running their code.
 
-``np.load(..., allow_pickle=True)`` unpickles object arrays, and unpickling can call any
+``np.load`` with ``allow_pickle`` switched on unpickles object arrays, and unpickling can call any
 importable function: a crafted ``mapping_<class>.npy`` in a shared or downloaded dataset
 would run code on ``neuroenc run``. The Algonauts 2023 challenge ships its ROI mappings
 as pickled dicts inside 0-d object arrays, so they have to be unpickled; this module does
