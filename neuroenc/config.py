@@ -79,6 +79,21 @@ class DatasetConfig(BaseModel):
     subjects: list[int | str] | Literal["all"] = Field(
         "all", description="subject numbers (1..8) or ids ('subj01'), or 'all'")
 
+    @field_validator("subjects")
+    @classmethod
+    def _no_repeats(cls, subjects):
+        from neuroenc.names import normalise_subject
+
+        if subjects != "all":
+            seen: dict[Any, Any] = {}
+            for value in subjects:
+                key = normalise_subject(value)
+                if key in seen:
+                    raise ValueError(f"subject {value!r} is listed twice (as {seen[key]!r} and "
+                                     f"{value!r}); each subject runs once")
+                seen[key] = value
+        return subjects
+
     @property
     def params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
@@ -206,9 +221,15 @@ def expand_model(name: str, model: ModelConfig) -> list[ModelVariant]:
         for key, value in zip(keys, values):
             params = set_dotted(params, key, value)
         point = dict(zip(keys, values))
-        label = ",".join(f"{k}={_format_value(v)}" for k, v in point.items())
-        variants.append(ModelVariant(f"{name}@{label}", name, model.recipe, params, point))
+        variants.append(ModelVariant(variant_name(name, point), name, model.recipe, params, point))
     return variants
+
+
+def variant_name(name: str, point: dict[str, Any]) -> str:
+    """Return the name (and results folder) of one sweep point: ``llm-vem@alignment.weight=0.1``."""
+    if not point:
+        return name
+    return f"{name}@" + ",".join(f"{k}={_format_value(v)}" for k, v in point.items())
 
 
 class Registry(_Strict):
@@ -302,7 +323,7 @@ def load_registry(path: str | Path) -> Registry:
     if not path.is_file():
         raise RegistryError(str(path), [("", "file not found")])
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -315,8 +336,38 @@ def load_registry(path: str | Path) -> Registry:
         registry = Registry.model_validate(data)
     except ValidationError as exc:
         raise RegistryError(str(path), _unknown_key_hint(_pydantic_problems(exc), Registry)) from None
+    from neuroenc.names import registry_name_problems
+
+    if problems := registry_name_problems(registry):
+        raise RegistryError(str(path), problems)
     registry.source = path.resolve()
     return registry
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """A ``yaml.SafeLoader`` that refuses a key repeated in one mapping.
+
+    PyYAML keeps the last of two equal keys: a model written twice under one name
+    would silently disappear.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)  # resolve '<<' merge keys first, as the base does
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a mapping", node.start_mark,
+                        f"key {key!r} appears twice (first at line {first.line + 1}); "
+                        "the second would silently replace the first", key_node.start_mark)
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
 
 
 def recipe_slots(params_model: type[BaseModel]) -> dict[str, str]:

@@ -87,6 +87,11 @@ def _device_description(device: str) -> str:
 
 
 def _new_run_dir(registry: Registry) -> Path:
+    from neuroenc.config import RegistryError
+    from neuroenc.names import registry_name_problems
+
+    if problems := registry_name_problems(registry):  # a Registry not read by load_registry
+        raise RegistryError(str(registry.source or "registry"), problems)
     base = registry.resolve_path(registry.output.dir) / registry.name
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir, i = base / stamp, 1
