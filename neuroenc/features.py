@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from neuroenc.cache import atomic_dir, atomic_path, stable_hash
+from neuroenc.cache import atomic_dir, atomic_path, entry_lock, stable_hash
 
 if TYPE_CHECKING:
     from neuroenc.context import RunContext
@@ -187,8 +187,6 @@ def extract_features(backbone: ImageBackbone, images: Sequence[Path], context: R
     context : RunContext
         Supplies device, batch size, workers, cache folder and progress bars.
     """
-    import torch
-
     images = [Path(p) for p in images]
     key, key_description = feature_cache_key(backbone, images,
                                              hash_index=context.cache_dir / "file-hashes")
@@ -196,6 +194,16 @@ def extract_features(backbone: ImageBackbone, images: Sequence[Path], context: R
     cached = _load_entry(entry)
     if cached is not None:
         return cached
+    with entry_lock(context.cache_dir, "features", key):  # a second run needing this entry waits here, then reuses it
+        cached = _load_entry(entry)
+        if cached is not None:
+            return cached
+        return _extract(backbone, images, context, entry, key, key_description, description)
+
+
+def _extract(backbone: ImageBackbone, images: list[Path], context: RunContext, entry: Path,
+             key: str, key_description: dict, description: str) -> dict[str, np.ndarray]:
+    import torch
 
     device = torch.device(context.device)
     cuda = device.type == "cuda"

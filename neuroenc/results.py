@@ -11,6 +11,7 @@ the model's config and the package versions.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -230,11 +231,30 @@ def summarize(results: Iterable[xr.Dataset], variable: str | None = None) -> pd.
     return table
 
 
-def load_run(run_dir: str | Path) -> dict[tuple[str, str], xr.Dataset]:
-    """Return ``{(model, subject): scores Dataset}`` for every result of a run folder."""
+def load_run(run_dir: str | Path, *, allow_incomplete: bool = False) -> dict[tuple[str, str], xr.Dataset]:
+    """Return ``{(model, subject): scores Dataset}`` for every result of a run folder.
+
+    Raises
+    ------
+    neuroenc.run_status.IncompleteRunError
+        The run was killed, failed or is still running (it has no completion marker);
+        the message names the missing parts. With ``allow_incomplete=True`` a warning
+        names them instead and the finished parts are returned.
+    """
+    from neuroenc.run_status import IncompleteRunError, run_status
+
     run_dir = Path(run_dir)
+    status = run_status(run_dir)
+    if not status.finished or status.missing:
+        if not allow_incomplete:
+            raise IncompleteRunError(status)
+        warnings.warn(str(IncompleteRunError(status)).split(". Rerun")[0] + "; loading the "
+                      "finished parts only", RuntimeWarning, stacklevel=2)
     found = {}
-    for path in sorted(run_dir.glob("models/*/*/scores.nc")):
+    for model, subject in status.complete:
+        path = run_dir / "models" / model / subject / "scores.nc"
+        if not path.is_file():
+            continue
         ds = read_netcdf(path)
         found[ds.attrs["model"], ds.attrs["subject"]] = ds
     if not found:

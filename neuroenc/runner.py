@@ -8,8 +8,12 @@ Folder of one run (``<output.dir>/<name>/<timestamp>/``)::
     models/<model>/<subject>/predictions.nc   predictions of the scored images
     submission/<model>/<subject>/{lh,rh}_pred_test.npy   challenge submission layout
     summary.csv, summary.txt                  per model, subject and ROI
+    models/<model>/<subject>/complete.json    written last for each part, then
+    complete.json                             written last for the run
 
-``<output.dir>/<name>/latest`` points at the newest complete run.
+``<output.dir>/<name>/latest`` points at the newest complete run. A killed run keeps its
+folder without ``complete.json``; :func:`neuroenc.results.load_run` names what it lacks,
+and the next run sweeps the killed run's temporary files (:mod:`neuroenc.run_status`).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from neuroenc.data.algonauts import DatasetError, subject_id
 from neuroenc.plugins import PluginManager
 from neuroenc.results import (combine_sweep, export_submission, predictions_dataset,
                               result_dataset, roi_class_summary, summarize, write_netcdf)
+from neuroenc.run_status import mark_complete, sweep_leftovers
 
 __all__ = ["RunResult", "run_registry", "package_versions", "format_summary"]
 
@@ -164,6 +169,7 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
                          num_workers=registry.compute.num_workers, show_progress=show_progress,
                          base_dir=registry.base_dir)
 
+    sweep_leftovers(cache_dir, registry.resolve_path(registry.output.dir) / registry.name)
     run_dir = _new_run_dir(registry)
     config = registry.model_dump(mode="json")
     with atomic_path(run_dir / "config.yaml") as tmp:
@@ -187,6 +193,8 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
     reader = context.build("dataset", {"name": registry.dataset.kind, **registry.dataset.params})
     subjects = _subjects(registry, reader.subjects())
     timings["dataset"] = time.perf_counter() - t0
+    environment["planned"] = {"models": [v.name for v in registry.variants()], "subjects": subjects}
+    write_json_atomic(run_dir / "environment.json", environment)  # load_run names missing parts
     metrics = {name: context.build("metric", name) for name in registry.evaluation.metrics}
 
     results = []
@@ -251,6 +259,7 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
             test_predictions = predicted if split == "test" else model.predict(data, "test")
             export_submission(test_predictions, data.n_vertices,
                               run_dir / "submission" / model_name / subject)
+            mark_complete(folder)  # last: a folder without it is a killed or failed part
             results.append(ds)
             if variant.point:
                 sweeps.setdefault(variant.base, []).append((variant.point, ds))
@@ -276,6 +285,7 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
     environment["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     environment["finished"] = _dt.datetime.now().isoformat(timespec="seconds")
     write_json_atomic(run_dir / "environment.json", environment)
+    mark_complete(run_dir)
     _point_latest(run_dir)
     return RunResult(run_dir=run_dir, summary=summary, timings=timings, sweep=sweep_table)
 

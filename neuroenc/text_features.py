@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from neuroenc.cache import atomic_dir, stable_hash
+from neuroenc.cache import atomic_dir, entry_lock, stable_hash
 
 if TYPE_CHECKING:
     from neuroenc.context import RunContext
@@ -160,7 +160,16 @@ def encode_texts(encoder: TextEncoder, texts: Sequence[str], context: RunContext
     cached = _load_entry(entry)
     if cached is not None:
         return cached
+    with entry_lock(context.cache_dir, CACHE_FOLDER, key):  # a second run needing this entry waits here, then reuses it
+        cached = _load_entry(entry)
+        if cached is not None:
+            return cached
+        return _embed(encoder, texts, context, entry, key, key_description, expected_dim,
+                      description)
 
+
+def _embed(encoder, texts: list[str], context: RunContext, entry: Path, key: str,
+           key_description: dict, expected_dim, description: str) -> np.ndarray:
     batch_size = max(1, int(context.batch_size))
     with atomic_dir(entry) as tmp:
         out: np.ndarray | None = None
