@@ -104,9 +104,10 @@ def entry_lock(cache_dir: str | Path, kind: str, key: str, timeout: float = -1):
     return FileLock(folder / f"{key}.lock", timeout=timeout, mode=0o666 & ~_umask())
 
 
-def _owner_gone(host: str | None, pid: str | None, mtime: float) -> bool:
+def _owner_gone(host: str | None, pid: str | None, mtime: float) -> bool | None:
+    """Return True when the owner process is gone, False when it runs, None when unknown."""
     if host != _host() or pid is None:
-        return False
+        return None
     pid_no = int(pid)
     if pid_no == os.getpid():
         return False
@@ -129,8 +130,8 @@ def sweep_stale(folder: str | Path, *, depth: int = 1, now: float | None = None)
     (``.<name>.<host>-<pid>.<random>.tmp`` / ``.old``, files or folders). One is stale when
     its process is gone (same host, the pid is not running or was reused after it was
     written) or, for another host or an unnamed owner, when it is older than
-    :data:`STALE_AFTER_S`. Live runs' temporaries are left alone; errors (a read-only
-    folder, a race with another sweep) are ignored.
+    :data:`STALE_AFTER_S`. Temporaries of live processes on this host are left alone
+    however old; errors (a read-only folder, a race with another sweep) are ignored.
     """
     now = time.time() if now is None else now
     removed: list[Path] = []
@@ -153,8 +154,8 @@ def sweep_stale(folder: str | Path, *, depth: int = 1, now: float | None = None)
                     mtime = entry.stat(follow_symlinks=False).st_mtime
                 except OSError:
                     continue
-                if not (_owner_gone(match["host"], match["pid"], mtime)
-                        or now - mtime > STALE_AFTER_S):
+                gone = _owner_gone(match["host"], match["pid"], mtime)
+                if not (gone or (gone is None and now - mtime > STALE_AFTER_S)):
                     continue
                 try:
                     if entry.is_dir(follow_symlinks=False):
