@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_dir", "entry_lock", "sweep_stale", "stable_hash", "hash_files",
+__all__ = ["atomic_path", "atomic_dir", "allocated_memmap", "entry_lock", "sweep_stale", "stable_hash", "hash_files",
            "write_json_atomic"]
 
 
@@ -167,6 +167,32 @@ def sweep_stale(folder: str | Path, *, depth: int = 1, now: float | None = None)
                     pass
         level = below
     return removed
+
+
+def allocated_memmap(path: str | Path, dtype, shape: tuple[int, ...]):
+    """Return a new ``.npy`` file opened as a writable memmap, its blocks allocated on disk.
+
+    ``np.lib.format.open_memmap`` makes a sparse file; on a full disk the first write to
+    an unbacked page kills the process with SIGBUS. Allocating first turns that into an
+    ``OSError`` (no space left) before anything is computed.
+    """
+    import numpy as np
+
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    size = os.path.getsize(path)
+    try:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(fd, 0, size)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        del out
+        from neuroenc.oserrors import needs_space
+
+        raise needs_space(exc, size, path)
+    return out
 
 
 def _umask() -> int:

@@ -36,7 +36,15 @@ def _manager(strict: bool, block: list[str] | None):
 
 
 def _fail(exc: Exception) -> None:
-    err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) or \
+            isinstance(exc, FileNotFoundError) and exc.filename is not None:
+        from neuroenc.oserrors import describe_os_error
+
+        exc = describe_os_error(exc)  # one line: path, what failed, space needed and free
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False,
+              soft_wrap=True)
     raise typer.Exit(code=1)
 
 
@@ -74,7 +82,7 @@ def run(
     try:
         result = run_registry(registry, manager, show_progress=progress,
                               log=lambda msg: console.print(msg, highlight=False))
-    except (DatasetError, FileNotFoundError, RuntimeError, ValueError) as exc:
+    except (DatasetError, OSError, RuntimeError, ValueError) as exc:
         _fail(exc)
     console.print()
     _print_summary(result.summary)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from neuroenc.cache import atomic_dir, atomic_path, entry_lock, stable_hash
+from neuroenc.cache import allocated_memmap, atomic_dir, atomic_path, entry_lock, stable_hash
 
 if TYPE_CHECKING:
     from neuroenc.context import RunContext
@@ -272,9 +272,8 @@ class _Writer:
         self.layers = list(feats)
         self.dims = [int(np.prod(f.shape[1:])) for f in feats.values()]
         for i, dim in enumerate(self.dims):
-            self.outputs.append(np.lib.format.open_memmap(
-                self.folder / f"{i:03d}.npy", mode="w+", dtype=np.float32,
-                shape=(self.n_images, dim)))
+            self.outputs.append(allocated_memmap(  # a full disk: OSError, not SIGBUS
+                self.folder / f"{i:03d}.npy", dtype=np.float32, shape=(self.n_images, dim)))
 
     def _non_finite(self, layer: str, row: int, n: int) -> FloatingPointError:
         return FloatingPointError(

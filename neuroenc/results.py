@@ -21,6 +21,7 @@ import pandas as pd
 import xarray as xr
 
 from neuroenc.cache import atomic_path
+from neuroenc.oserrors import needs_space
 
 __all__ = [
     "ROI_PREFIX",
@@ -108,8 +109,15 @@ def _json_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
 def write_netcdf(ds: xr.Dataset, path: str | Path) -> Path:
     """Write ``ds`` to ``path`` as netCDF4 (h5netcdf), atomically; return the path."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        ds.to_netcdf(tmp, engine=NETCDF_ENGINE)
+    # Built in memory, then written with plain file writes: a full disk or a read-only
+    # folder is then an OSError naming the file, never an HDF5 library error on a
+    # half-written file that is still open (which crashed the interpreter at exit).
+    data = ds.to_netcdf(engine=NETCDF_ENGINE)
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            fh.write(data)
+    except OSError as exc:
+        raise needs_space(exc, len(data), path)
     return path
 
 

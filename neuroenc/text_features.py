@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from neuroenc.cache import atomic_dir, entry_lock, stable_hash
+from neuroenc.cache import allocated_memmap, atomic_dir, entry_lock, stable_hash
 
 if TYPE_CHECKING:
     from neuroenc.context import RunContext
@@ -182,8 +182,8 @@ def _embed(encoder, texts: list[str], context: RunContext, entry: Path, key: str
                     dim = values.shape[1]
                     # Written batch by batch into a memmap: a large caption set need not
                     # fit in RAM twice.
-                    out = np.lib.format.open_memmap(tmp / EMBEDDINGS_FILE, mode="w+",
-                                                    dtype=np.float32, shape=(len(texts), dim))
+                    out = allocated_memmap(tmp / EMBEDDINGS_FILE, dtype=np.float32,
+                                           shape=(len(texts), dim))
                 out[start:start + len(batch)] = values
                 advance(len(batch))
         assert out is not None
