@@ -37,6 +37,7 @@ from neuroenc.cache import atomic_path, write_json_atomic
 from neuroenc.config import Registry, default_cache_dir
 from neuroenc.context import RunContext, resolve_device, seed_everything
 from neuroenc.data.algonauts import DatasetError, subject_id
+from neuroenc.images import require_valid_images
 from neuroenc.plugins import PluginManager
 from neuroenc.results import (combine_sweep, export_submission, predictions_dataset,
                               result_dataset, roi_class_summary, summarize, write_netcdf)
@@ -201,6 +202,8 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
     for subject in subjects:
         t0 = time.perf_counter()
         data = reader.load(subject)
+        require_valid_images([*data.train_images, *data.test_images], root=getattr(data, "root", None),
+                             memo_dir=cache_dir / "image-checks", what=f"{subject} images")
         timings[f"{subject}/load"] = time.perf_counter() - t0
         split, train_index, eval_index = _evaluation_split(registry, data, registry.seed)
         coords = data.vertex_coords()
