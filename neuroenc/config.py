@@ -288,7 +288,7 @@ def _pydantic_problems(exc: ValidationError, prefix: str = "") -> list[tuple[str
         # pydantic adds the union member / validator name to locations; drop those
         loc = [p for p in err["loc"] if p not in ("function-after[_device(), str]",)]
         path = ".".join(filter(None, [prefix, _loc(tuple(loc))]))
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")  # our validators' own messages
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif "input" in err and err["type"] not in ("missing",):

@@ -99,5 +99,5 @@ def test_repeated_subject_is_an_error(tmp_path):
         dataset: {kind: demo, subjects: [1, subj01]}
         models:
           ridge:''' + textwrap.indent(MODEL, "        "))
-    assert "dataset.subjects: Value error, subject 'subj01' is listed twice (as 1 and 'subj01')" \
+    assert "dataset.subjects: subject 'subj01' is listed twice (as 1 and 'subj01')" \
         in message
