@@ -295,6 +295,12 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     alphas = np.logspace(-2, 8, args.n_alphas)
+    if not args.worker:  # before any work: one line saying what to install
+        from _peers import require
+
+        ours = [s for s in SOLVERS + EXTRA_SOLVERS if s.startswith("neuroenc")]
+        require("benchmarks/ridge.py", [s for s in args.solvers if s in ("himalaya", "sklearn")],
+                f", or time neuroenc alone: --solvers {' '.join(s for s in ours if s in SOLVERS)}")
 
     if args.worker == "gemm":
         print(json.dumps(gemm_worker(args.device)))

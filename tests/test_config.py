@@ -35,9 +35,19 @@ def _problems(tmp_path, text, manager) -> RegistryError:
 
 
 @pytest.mark.parametrize("name", ["registry.yaml", "registry.algonauts.yaml"])
-def test_shipped_registries_validate(name, manager):
-    registry = resolve_registry(load_registry(ROOT / name), manager)
+def test_shipped_registries_validate(name, manager, tmp_path):
+    # A copy beside a dataset folder where the registry expects one: validate checks it
+    # exists (and fails without it, as the second half shows).
+    copy = tmp_path / name
+    copy.write_text((ROOT / name).read_text())
+    (tmp_path / "data" / "algonauts_2023_challenge_data").mkdir(parents=True)
+    registry = resolve_registry(load_registry(copy), manager)
     assert registry.models
+    if name == "registry.algonauts.yaml":
+        (tmp_path / "data" / "algonauts_2023_challenge_data").rmdir()
+        with pytest.raises(RegistryError) as info:
+            resolve_registry(load_registry(copy), manager)
+        assert [path for path, _ in info.value.problems] == ["dataset.root"]
 
 
 def test_valid_registry_fills_defaults(tmp_path, manager):

@@ -36,17 +36,27 @@ def _manager(strict: bool, block: list[str] | None):
 
 
 def _fail(exc: Exception) -> None:
-    err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) or \
+            isinstance(exc, FileNotFoundError) and exc.filename is not None:
+        from neuroenc.core.oserrors import describe_os_error
+
+        exc = describe_os_error(exc)  # one line: path, what failed, space needed and free
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False,
+              soft_wrap=True)
     raise typer.Exit(code=1)
 
 
-def _load(registry_file: Path, strict: bool, block: list[str] | None):
+def _load(registry_file: Path, strict: bool, block: list[str] | None, *, load_plugins: bool = True,
+          unchecked: list | None = None):
     from neuroenc.core.config import RegistryError, load_registry, resolve_registry
     from neuroenc.core.plugins import PluginError
 
     manager = _manager(strict, block)
     try:
-        registry = resolve_registry(load_registry(registry_file), manager)
+        registry = resolve_registry(load_registry(registry_file), manager,
+                                    load_plugins=load_plugins, unchecked=unchecked)
     except (RegistryError, PluginError) as exc:
         _fail(exc)
     return registry, manager
@@ -61,7 +71,7 @@ def run(
     block: Block = None,
 ) -> None:
     """Train and score every model of REGISTRY_FILE on every subject; write a results folder."""
-    from neuroenc_builtins.algonauts import DatasetError
+    from neuroenc.data.subject import DatasetError
     from neuroenc.core.runner import run_registry
 
     registry, manager = _load(registry_file, strict, block)
@@ -74,7 +84,7 @@ def run(
     try:
         result = run_registry(registry, manager, show_progress=progress,
                               log=lambda msg: console.print(msg, highlight=False))
-    except (DatasetError, FileNotFoundError, RuntimeError, ValueError) as exc:
+    except (DatasetError, OSError, RuntimeError, ValueError) as exc:
         _fail(exc)
     console.print()
     _print_summary(result.summary)
@@ -120,16 +130,69 @@ def _print_summary(summary) -> None:
 @app.command()
 def validate(
     registry_file: Annotated[Path, typer.Argument(help="experiment file to check")],
+    load_plugins: Annotated[bool, typer.Option(
+        "--load-plugins", help="import the plugins the registry's plugins: names (runs their "
+        "code), so that the components they provide are checked too")] = False,
+    check_data: Annotated[bool, typer.Option(
+        "--check-data", help="also read every chosen subject and verify every image")] = False,
     strict: Strict = False,
     block: Block = None,
 ) -> None:
-    """Check REGISTRY_FILE (structure, plugin names, parameters) without running it."""
-    registry, _ = _load(registry_file, strict, block)
+    """Check REGISTRY_FILE (structure, plugin names, parameters) without running it.
+
+    Imports the installed plugins (as every command does) but not the plugin files or
+    modules the registry names, unless --load-plugins is given.
+    """
+    unchecked: list[tuple[str, str]] = []
+    registry, manager = _load(registry_file, strict, block, load_plugins=load_plugins,
+                              unchecked=unchecked)
     n_runs = len(registry.variants())
     sweeps = f" ({n_runs} runs with sweeps expanded)" if n_runs != len(registry.models) else ""
+    if registry.plugins and not load_plugins:
+        console.print(f"[yellow]not imported[/]: the registry's plugins ({', '.join(registry.plugins)}); "
+                      "pass --load-plugins to import them (runs their code) and check what they "
+                      "provide", highlight=False, soft_wrap=True)
+        for path, message in unchecked:
+            console.print(f"[yellow]not checked[/]: {registry_file}: {path}: {message}",
+                          highlight=False, soft_wrap=True, markup=True)
+    if check_data:
+        _check_data(registry, manager)
     console.print(f"[green]ok[/]: {registry_file}: experiment {registry.name!r}, dataset "
                   f"{registry.dataset.kind!r}, {len(registry.models)} model(s){sweeps}: "
-                  f"{', '.join(registry.models)}")
+                  f"{', '.join(registry.models)}" + (" (data checked)" if check_data else ""))
+
+
+def _check_data(registry, manager) -> None:
+    """Read every chosen subject as a run would and verify every image; fail listing all."""
+    from neuroenc.core.config import default_cache_dir
+    from neuroenc.core.context import RunContext
+    from neuroenc.data.subject import DatasetError
+    from neuroenc.stimuli.images import require_valid_images
+    from neuroenc.core.runner import _subjects
+
+    cache_dir = (registry.resolve_path(registry.compute.cache_dir)
+                 if registry.compute.cache_dir else default_cache_dir())
+    context = RunContext(manager=manager, cache_dir=cache_dir, show_progress=False,
+                         base_dir=registry.base_dir)
+    problems = []
+    try:
+        reader = context.build("dataset", {"name": registry.dataset.kind, **registry.dataset.params})
+        subjects = _subjects(registry, reader)
+    except (DatasetError, OSError) as exc:
+        _fail(exc)
+    for subject in subjects:
+        try:
+            data = reader.load(subject)
+            require_valid_images([*data.train_images, *data.test_images],
+                                 root=getattr(data, "root", None),
+                                 memo_dir=cache_dir / "image-checks", what=f"{subject} images")
+        except DatasetError as exc:
+            problems.append(str(exc))
+        else:
+            console.print(f"[green]ok[/]: {subject}: {len(data.train_images)} training and "
+                          f"{len(data.test_images)} test images readable", highlight=False)
+    if problems:
+        _fail(ValueError("\n".join(problems)))
 
 
 @app.command()

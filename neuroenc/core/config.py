@@ -79,6 +79,21 @@ class DatasetConfig(BaseModel):
     subjects: list[int | str] | Literal["all"] = Field(
         "all", description="subject numbers (1..8) or ids ('subj01'), or 'all'")
 
+    @field_validator("subjects")
+    @classmethod
+    def _no_repeats(cls, subjects):
+        from neuroenc.core.names import normalise_subject
+
+        if subjects != "all":
+            seen: dict[Any, Any] = {}
+            for value in subjects:
+                key = normalise_subject(value)
+                if key in seen:
+                    raise ValueError(f"subject {value!r} is listed twice (as {seen[key]!r} and "
+                                     f"{value!r}); each subject runs once")
+                seen[key] = value
+        return subjects
+
     @property
     def params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
@@ -206,9 +221,15 @@ def expand_model(name: str, model: ModelConfig) -> list[ModelVariant]:
         for key, value in zip(keys, values):
             params = set_dotted(params, key, value)
         point = dict(zip(keys, values))
-        label = ",".join(f"{k}={_format_value(v)}" for k, v in point.items())
-        variants.append(ModelVariant(f"{name}@{label}", name, model.recipe, params, point))
+        variants.append(ModelVariant(variant_name(name, point), name, model.recipe, params, point))
     return variants
+
+
+def variant_name(name: str, point: dict[str, Any]) -> str:
+    """Return the name (and results folder) of one sweep point: ``llm-vem@alignment.weight=0.1``."""
+    if not point:
+        return name
+    return f"{name}@" + ",".join(f"{k}={_format_value(v)}" for k, v in point.items())
 
 
 class Registry(_Strict):
@@ -267,7 +288,7 @@ def _pydantic_problems(exc: ValidationError, prefix: str = "") -> list[tuple[str
         # pydantic adds the union member / validator name to locations; drop those
         loc = [p for p in err["loc"] if p not in ("function-after[_device(), str]",)]
         path = ".".join(filter(None, [prefix, _loc(tuple(loc))]))
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")  # our validators' own messages
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif "input" in err and err["type"] not in ("missing",):
@@ -302,7 +323,7 @@ def load_registry(path: str | Path) -> Registry:
     if not path.is_file():
         raise RegistryError(str(path), [("", "file not found")])
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -315,8 +336,38 @@ def load_registry(path: str | Path) -> Registry:
         registry = Registry.model_validate(data)
     except ValidationError as exc:
         raise RegistryError(str(path), _unknown_key_hint(_pydantic_problems(exc), Registry)) from None
+    from neuroenc.core.names import registry_name_problems
+
+    if problems := registry_name_problems(registry):
+        raise RegistryError(str(path), problems)
     registry.source = path.resolve()
     return registry
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """A ``yaml.SafeLoader`` that refuses a key repeated in one mapping.
+
+    PyYAML keeps the last of two equal keys: a model written twice under one name
+    would silently disappear.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)  # resolve '<<' merge keys first, as the base does
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a mapping", node.start_mark,
+                        f"key {key!r} appears twice (first at line {first.line + 1}); "
+                        "the second would silently replace the first", key_node.start_mark)
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
 
 
 def recipe_slots(params_model: type[BaseModel]) -> dict[str, str]:
@@ -330,7 +381,7 @@ def recipe_slots(params_model: type[BaseModel]) -> dict[str, str]:
 
 
 def _check_component(manager: PluginManager, kind: str, ref: Any, path: str,
-                     problems: list[tuple[str, str]]) -> None:
+                     problems: list[tuple[str, str]], context: dict | None = None) -> None:
     from neuroenc.core.plugins import UnknownComponentError
 
     if ref is None:
@@ -343,15 +394,20 @@ def _check_component(manager: PluginManager, kind: str, ref: Any, path: str,
         problems.append((f"{path}.name", str(exc)))
         return
     try:
-        component.params.model_validate(ref.params)
+        component.params.model_validate(ref.params, context=context)
     except ValidationError as exc:
         problems.extend(_unknown_key_hint(_pydantic_problems(exc, path), component.params))
 
 
-def resolve_registry(registry: Registry, manager: PluginManager) -> Registry:
+def resolve_registry(registry: Registry, manager: PluginManager, *, load_plugins: bool = True,
+                     unchecked: list[tuple[str, str]] | None = None) -> Registry:
     """Check every plugin-provided name and parameter in ``registry``; return it.
 
-    Loads the registry's own ``plugins:`` into ``manager`` first.
+    Loads the registry's own ``plugins:`` into ``manager`` first, unless
+    ``load_plugins=False`` (``neuroenc validate`` without ``--load-plugins``: a registry
+    someone else wrote must not run code on a check). Then names no loaded plugin
+    provides cannot be told from typos: they are appended to ``unchecked`` as
+    ``(yaml_path, message)`` instead of being errors, when the registry has plugins.
 
     Raises
     ------
@@ -363,16 +419,17 @@ def resolve_registry(registry: Registry, manager: PluginManager) -> Registry:
 
     source = str(registry.source or "registry")
     problems: list[tuple[str, str]] = []
-    for i, spec in enumerate(registry.plugins):
+    for i, spec in enumerate(registry.plugins if load_plugins else ()):
         try:
             manager.load_plugin(spec, base_dir=registry.base_dir)
         except PluginError as exc:
             problems.append((f"plugins.{i}", str(exc)))
+    validation_context = {"base_dir": registry.base_dir}
 
     try:
         dataset = manager.get("dataset", registry.dataset.kind)
         try:
-            dataset.params.model_validate(registry.dataset.params)
+            dataset.params.model_validate(registry.dataset.params, context=validation_context)
         except ValidationError as exc:
             problems.extend(_unknown_key_hint(_pydantic_problems(exc, "dataset"), dataset.params))
     except UnknownComponentError as exc:
@@ -399,18 +456,25 @@ def resolve_registry(registry: Registry, manager: PluginManager) -> Registry:
         for variant in variants:
             before = len(problems)
             try:
-                params = recipe.params.model_validate(variant.params)
+                params = recipe.params.model_validate(variant.params, context=validation_context)
             except ValidationError as exc:
                 problems.extend(_unknown_key_hint(_pydantic_problems(exc, base), recipe.params))
             else:
                 for field_name, kind in recipe_slots(recipe.params).items():
                     _check_component(manager, kind, getattr(params, field_name),
-                                     f"{base}.{field_name}", problems)
+                                     f"{base}.{field_name}", problems, validation_context)
             if len(problems) > before:
                 if variant.point:
                     problems[before:] = [(path, f"{msg} (sweep point {variant.point})")
                                          for path, msg in problems[before:]]
                 break  # one failing point says enough; the others fail the same way
+    if not load_plugins and registry.plugins:
+        # Unknown names may come from the plugins that were not imported: not checked.
+        skipped = [(path, msg) for path, msg in problems
+                   if msg.startswith("unknown ") and not msg.startswith("unknown key")]
+        problems = [p for p in problems if p not in skipped]
+        if unchecked is not None:
+            unchecked.extend(skipped)
     if problems:
         raise RegistryError(source, problems)
     return registry

@@ -148,8 +148,19 @@ class PluginManager:
             if not path.is_file():
                 raise PluginError(f"plugin file {spec!r} not found (looked for {path})")
             name = path.stem
-            if self.pm.is_blocked(name) or self.pm.has_plugin(name):
+            if self.pm.is_blocked(name):
                 return name
+            if self.pm.has_plugin(name):
+                existing = self.pm.get_plugin(name)
+                same = getattr(existing, "__file__", None) and \
+                    Path(existing.__file__).resolve() == path.resolve()
+                if same:
+                    return name  # the same file named twice
+                where = getattr(existing, "__file__", None) or repr(existing)
+                raise PluginError(
+                    f"plugin file {spec!r} ({path}) would be named {name!r}, but plugin {name!r} "
+                    f"is already loaded from {where}; the file would be silently ignored. "
+                    "Rename the file (plugins are named after the file stem)")
             module = _import_file(path, name)
             version = "file"
         else:

@@ -8,8 +8,12 @@ Folder of one run (``<output.dir>/<name>/<timestamp>/``)::
     models/<model>/<subject>/predictions.nc   predictions of the scored images
     submission/<model>/<subject>/{lh,rh}_pred_test.npy   challenge submission layout
     summary.csv, summary.txt                  per model, subject and ROI
+    models/<model>/<subject>/complete.json    written last for each part, then
+    complete.json                             written last for the run
 
-``<output.dir>/<name>/latest`` points at the newest complete run.
+``<output.dir>/<name>/latest`` points at the newest complete run. A killed run keeps its
+folder without ``complete.json``; :func:`neuroenc.evaluation.results.load_run` names what it lacks,
+and the next run sweeps the killed run's temporary files (:mod:`neuroenc.core.run_status`).
 """
 
 from __future__ import annotations
@@ -33,10 +37,12 @@ from neuroenc.core.cache import atomic_path, write_json_atomic
 from neuroenc.core.config import Registry, default_cache_dir
 from neuroenc.core.context import RunContext, resolve_device, seed_everything
 from neuroenc.data.subject import DatasetError
+from neuroenc.stimuli.images import require_valid_images
 from neuroenc.interfaces import Prediction
 from neuroenc.core.plugins import PluginManager
 from neuroenc.evaluation.results import (combine_sweep, export_submission, predictions_dataset,
                               result_dataset, roi_class_summary, summarize, write_netcdf)
+from neuroenc.core.run_status import mark_complete, sweep_leftovers
 
 __all__ = ["RunResult", "run_registry", "package_versions", "format_summary"]
 
@@ -88,6 +94,11 @@ def _device_description(device: str) -> str:
 
 
 def _new_run_dir(registry: Registry) -> Path:
+    from neuroenc.core.config import RegistryError
+    from neuroenc.core.names import registry_name_problems
+
+    if problems := registry_name_problems(registry):  # a Registry not read by load_registry
+        raise RegistryError(str(registry.source or "registry"), problems)
     base = registry.resolve_path(registry.output.dir) / registry.name
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir, i = base / stamp, 1
@@ -162,6 +173,7 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
                          num_workers=registry.compute.num_workers, show_progress=show_progress,
                          base_dir=registry.base_dir)
 
+    sweep_leftovers(cache_dir, registry.resolve_path(registry.output.dir) / registry.name)
     run_dir = _new_run_dir(registry)
     config = registry.model_dump(mode="json")
     with atomic_path(run_dir / "config.yaml") as tmp:
@@ -185,12 +197,16 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
     reader = context.build("dataset", {"name": registry.dataset.kind, **registry.dataset.params})
     subjects = _subjects(registry, reader)
     timings["dataset"] = time.perf_counter() - t0
+    environment["planned"] = {"models": [v.name for v in registry.variants()], "subjects": subjects}
+    write_json_atomic(run_dir / "environment.json", environment)  # load_run names missing parts
     metrics = {name: context.build("metric", name) for name in registry.evaluation.metrics}
 
     results = []
     for subject in subjects:
         t0 = time.perf_counter()
         data = reader.load(subject)
+        require_valid_images([*data.train_images, *data.test_images], root=getattr(data, "root", None),
+                             memo_dir=cache_dir / "image-checks", what=f"{subject} images")
         timings[f"{subject}/load"] = time.perf_counter() - t0
         split, train_index, eval_index = _evaluation_split(registry, data, registry.seed)
         coords = data.vertex_coords()
@@ -248,6 +264,7 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
             if test_predictions is not None:
                 export_submission(test_predictions, data.unit_blocks(),
                                   run_dir / "submission" / model_name / subject)
+            mark_complete(folder)  # last: a folder without it is a killed or failed part
             results.append(ds)
             if variant.point:
                 sweeps.setdefault(variant.base, []).append((variant.point, ds))
@@ -273,6 +290,7 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
     environment["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     environment["finished"] = _dt.datetime.now().isoformat(timespec="seconds")
     write_json_atomic(run_dir / "environment.json", environment)
+    mark_complete(run_dir)
     _point_latest(run_dir)
     return RunResult(run_dir=run_dir, summary=summary, timings=timings, sweep=sweep_table)
 

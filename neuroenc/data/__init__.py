@@ -1,5 +1,7 @@
-"""Datasets: readers that turn files on disk into checked, typed records.
+"""The dataset-neutral record every dataset reader produces.
 
-- :mod:`neuroenc.data.algonauts`: the Natural Scenes Dataset as packaged by the
-  Algonauts 2023 challenge (:func:`~neuroenc.data.algonauts.read_subject`).
+- :mod:`neuroenc.data.subject`: :class:`~neuroenc.data.subject.SubjectData` (stimuli,
+  responses per split, unit coordinates, ROIs, noise ceiling, metadata) and
+  :class:`~neuroenc.data.subject.DatasetError`. The readers themselves are plugins
+  (``neuroenc_builtins``: ``algonauts2023``, ``demo``, ``folder``; docs/datasets.md).
 """

@@ -11,6 +11,7 @@ the model's config and the package versions.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import pandas as pd
 import xarray as xr
 
 from neuroenc.core.cache import atomic_path
+from neuroenc.core.oserrors import needs_space
 from neuroenc.data.subject import ROI_PREFIX
 from neuroenc.evaluation.metrics import challenge_score
 
@@ -114,8 +116,15 @@ def _json_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
 def write_netcdf(ds: xr.Dataset, path: str | Path) -> Path:
     """Write ``ds`` to ``path`` as netCDF4 (h5netcdf), atomically; return the path."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        ds.to_netcdf(tmp, engine=NETCDF_ENGINE)
+    # Built in memory, then written with plain file writes: a full disk or a read-only
+    # folder is then an OSError naming the file, never an HDF5 library error on a
+    # half-written file that is still open (which crashed the interpreter at exit).
+    data = ds.to_netcdf(engine=NETCDF_ENGINE)
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            fh.write(data)
+    except OSError as exc:
+        raise needs_space(exc, len(data), path)
     return path
 
 
@@ -264,11 +273,30 @@ def summarize(results: Iterable[xr.Dataset], variable: str | None = None) -> pd.
     return table
 
 
-def load_run(run_dir: str | Path) -> dict[tuple[str, str], xr.Dataset]:
-    """Return ``{(model, subject): scores Dataset}`` for every result of a run folder."""
+def load_run(run_dir: str | Path, *, allow_incomplete: bool = False) -> dict[tuple[str, str], xr.Dataset]:
+    """Return ``{(model, subject): scores Dataset}`` for every result of a run folder.
+
+    Raises
+    ------
+    neuroenc.core.run_status.IncompleteRunError
+        The run was killed, failed or is still running (it has no completion marker);
+        the message names the missing parts. With ``allow_incomplete=True`` a warning
+        names them instead and the finished parts are returned.
+    """
+    from neuroenc.core.run_status import IncompleteRunError, run_status
+
     run_dir = Path(run_dir)
+    status = run_status(run_dir)
+    if not status.finished or status.missing:
+        if not allow_incomplete:
+            raise IncompleteRunError(status)
+        warnings.warn(str(IncompleteRunError(status)).split(". Rerun")[0] + "; loading the "
+                      "finished parts only", RuntimeWarning, stacklevel=2)
     found = {}
-    for path in sorted(run_dir.glob("models/*/*/scores.nc")):
+    for model, subject in status.complete:
+        path = run_dir / "models" / model / subject / "scores.nc"
+        if not path.is_file():
+            continue
         ds = read_netcdf(path)
         found[ds.attrs["model"], ds.attrs["subject"]] = ds
     if not found:

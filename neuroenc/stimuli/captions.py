@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from neuroenc.core.cache import file_digests, file_sha256, stable_hash, write_json_atomic
+from neuroenc.core.cache import entry_lock, file_digests, file_sha256, stable_hash, write_json_atomic
 
 if TYPE_CHECKING:
     from neuroenc.core.context import RunContext
@@ -187,15 +187,34 @@ def caption_images(captioner: Captioner, images: Sequence[str | Path], context: 
 
     hashes = file_digests(images, Path(context.cache_dir) / "file-hashes")
     cached = read_caption_cache(entry)
-    missing: dict[str, Path] = {}  # first image with each missing hash, in input order
+    missing = _missing(hashes, images, cached)
+    if not missing:
+        return [cached[digest] for digest in hashes]
+    # Two runs captioning the same images wait for each other and caption them once; runs
+    # on other images (another subject) take another lock and go on in parallel.
+    with entry_lock(context.cache_dir, "captions", f"{key}-{stable_hash(sorted(missing), length=24)}"):
+        cached = read_caption_cache(entry)
+        missing = _missing(hashes, images, cached)
+        _caption_missing(captioner, identity, missing, cached, entry, context, description,
+                         len(set(hashes)))
+    return [cached[digest] for digest in hashes]
+
+
+def _missing(hashes: list[str], images: list[Path], cached: dict[str, str]) -> dict[str, Path]:
+    """Return the first image with each hash not in ``cached``, in input order."""
+    missing: dict[str, Path] = {}
     for digest, path in zip(hashes, images):
         if digest not in cached and digest not in missing:
             missing[digest] = path
+    return missing
 
+
+def _caption_missing(captioner, identity, missing: dict[str, Path], cached: dict[str, str],
+                     entry: Path, context, description: str, n_distinct: int) -> None:
     if missing:
         todo = list(missing.items())
         batch_size = max(1, int(context.batch_size))
-        label = f"{description} ({len(todo)} of {len(set(hashes))} distinct images)"
+        label = f"{description} ({len(todo)} of {n_distinct} distinct images)"
         shard = None  # opened on the first finished batch: a run that fails at once leaves no file
         try:
             with context.progress(label, len(todo)) as advance:
@@ -217,4 +236,3 @@ def caption_images(captioner: Captioner, images: Sequence[str | Path], context: 
         finally:
             if shard is not None:
                 shard.close()
-    return [cached[digest] for digest in hashes]

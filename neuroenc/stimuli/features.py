@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from neuroenc.core.cache import atomic_dir, hash_files, stable_hash
+from neuroenc.core.cache import allocated_memmap, atomic_dir, entry_lock, hash_files, stable_hash
 
 if TYPE_CHECKING:
     from neuroenc.core.context import RunContext
@@ -98,8 +98,6 @@ def extract_features(backbone: ImageBackbone, images: Sequence[Path], context: R
     context : RunContext
         Supplies device, batch size, workers, cache folder and progress bars.
     """
-    import torch
-
     images = [Path(p) for p in images]
     key, key_description = feature_cache_key(backbone, images,
                                              hash_index=context.cache_dir / "file-hashes")
@@ -107,6 +105,16 @@ def extract_features(backbone: ImageBackbone, images: Sequence[Path], context: R
     cached = _load_entry(entry)
     if cached is not None:
         return cached
+    with entry_lock(context.cache_dir, "features", key):  # a second run needing this entry waits here, then reuses it
+        cached = _load_entry(entry)
+        if cached is not None:
+            return cached
+        return _extract(backbone, images, context, entry, key, key_description, description)
+
+
+def _extract(backbone: ImageBackbone, images: list[Path], context: RunContext, entry: Path,
+             key: str, key_description: dict, description: str) -> dict[str, np.ndarray]:
+    import torch
 
     device = torch.device(context.device)
     cuda = device.type == "cuda"
@@ -175,9 +183,8 @@ class _Writer:
         self.layers = list(feats)
         self.dims = [int(np.prod(f.shape[1:])) for f in feats.values()]
         for i, dim in enumerate(self.dims):
-            self.outputs.append(np.lib.format.open_memmap(
-                self.folder / f"{i:03d}.npy", mode="w+", dtype=np.float32,
-                shape=(self.n_images, dim)))
+            self.outputs.append(allocated_memmap(  # a full disk: OSError, not SIGBUS
+                self.folder / f"{i:03d}.npy", dtype=np.float32, shape=(self.n_images, dim)))
 
     def _non_finite(self, layer: str, row: int, n: int) -> FloatingPointError:
         return FloatingPointError(

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from neuroenc.core.cache import atomic_dir, hash_texts, stable_hash
+from neuroenc.core.cache import allocated_memmap, atomic_dir, entry_lock, hash_texts, stable_hash
 
 if TYPE_CHECKING:
     from neuroenc.core.context import RunContext
@@ -147,7 +147,16 @@ def encode_texts(encoder: TextEncoder, texts: Sequence[str], context: RunContext
     cached = _load_entry(entry)
     if cached is not None:
         return cached
+    with entry_lock(context.cache_dir, CACHE_FOLDER, key):  # a second run needing this entry waits here, then reuses it
+        cached = _load_entry(entry)
+        if cached is not None:
+            return cached
+        return _embed(encoder, texts, context, entry, key, key_description, expected_dim,
+                      description)
 
+
+def _embed(encoder, texts: list[str], context: RunContext, entry: Path, key: str,
+           key_description: dict, expected_dim, description: str) -> np.ndarray:
     batch_size = max(1, int(context.batch_size))
     with atomic_dir(entry) as tmp:
         out: np.ndarray | None = None
@@ -160,8 +169,8 @@ def encode_texts(encoder: TextEncoder, texts: Sequence[str], context: RunContext
                     dim = values.shape[1]
                     # Written batch by batch into a memmap: a large caption set need not
                     # fit in RAM twice.
-                    out = np.lib.format.open_memmap(tmp / EMBEDDINGS_FILE, mode="w+",
-                                                    dtype=np.float32, shape=(len(texts), dim))
+                    out = allocated_memmap(tmp / EMBEDDINGS_FILE, dtype=np.float32,
+                                           shape=(len(texts), dim))
                 out[start:start + len(batch)] = values
                 advance(len(batch))
         assert out is not None

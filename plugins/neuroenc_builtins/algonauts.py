@@ -30,11 +30,13 @@ from __future__ import annotations
 import os
 import re
 from functools import partial
+from pickle import UnpicklingError
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from neuroenc.core.safe_load import UnsafePickleError, load_npy
 from neuroenc.data.subject import (FSAVERAGE_MESHES, HEMISPHERES, DatasetError, ResponseBlock,
                                    SubjectData, roi_coordinate)
 
@@ -488,8 +490,17 @@ class _SubjectChecker:
 
     def load(self, path: Path, what: str, *, mmap: bool = False, pickle: bool = False) -> Any:
         try:
-            obj = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=pickle)
-        except (OSError, ValueError, EOFError) as err:
+            if pickle:  # object arrays through an allow-list: a dataset must not run code
+                obj = load_npy(path, mmap_mode="r" if mmap else None)
+            else:
+                obj = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except UnsafePickleError as err:
+            raise DatasetError(
+                f"{self.rel(path)}: refused to load: {err}; expected {what}. Loading it "
+                "would have run code named in the file: delete it and take the file from "
+                "the challenge release"
+            ) from None
+        except (OSError, ValueError, EOFError, UnpicklingError) as err:
             raise DatasetError(
                 f"{self.rel(path)}: cannot be read as a .npy file ({err}); expected {what}"
             ) from err
@@ -709,7 +720,7 @@ class _SubjectChecker:
         if not isinstance(obj, dict):
             raise DatasetError(
                 f"{self.rel(path)}: holds {_describe(obj)}, but expected {what} "
-                "(np.save(path, mapping); read with np.load(path, allow_pickle=True).item())"
+                "(np.save(path, mapping))"
             )
         names: dict[int, str] = {}
         for key, name in obj.items():

@@ -8,13 +8,15 @@ and ``pooling`` says how each layer's (C, H, W) map becomes a vector.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from neuroenc import Component
 
@@ -48,6 +50,62 @@ class TimmParams(BaseModel):
         "grid then flatten (keeps coarse retinotopy), 'cls' = class token (ViTs), 'all' = every "
         "token / position as (batch, n_tokens, channels), for trainable heads")
     grid_size: int = Field(2, ge=1)
+
+    # Checked when the registry is validated, so that a typo fails `neuroenc validate`
+    # with its YAML path instead of `neuroenc run` after the data are read.
+    @field_validator("model_name")
+    @classmethod
+    def _known_to_timm(cls, name: str) -> str:
+        problem = timm_name_problem(name)
+        if problem:
+            raise ValueError(problem)
+        return name
+
+    @field_validator("layers")
+    @classmethod
+    def _layers_in_range(cls, layers: list[int], info: ValidationInfo) -> list[int]:
+        name = info.data.get("model_name")
+        if name is None:  # the name itself failed
+            return layers
+        n_levels = _feature_levels(name, json.dumps(info.data.get("model_kwargs") or {},
+                                                    sort_keys=True, default=str))
+        bad = [i for i in layers if n_levels is not None and not -n_levels <= i < n_levels]
+        if bad:
+            raise ValueError(f"layers {bad} out of range for {name!r}, which has {n_levels} feature "
+                             f"levels (indices {-n_levels}..{n_levels - 1})")
+        return layers
+
+
+def timm_name_problem(name: str) -> str | None:
+    """Return why timm has no architecture called ``name`` (tag after '.' ignored), or None."""
+    import timm
+
+    if name.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
+        return None  # resolved by timm at build time
+    arch = name.split(".", 1)[0]
+    if timm.is_model(arch):
+        return None
+    from neuroenc.core.plugins import suggest
+
+    return f"unknown timm model {name!r}{suggest(arch, timm.list_models())}; see timm.list_models()"
+
+
+@functools.lru_cache(maxsize=64)
+def _feature_levels(name: str, kwargs_json: str) -> int | None:
+    """Return how many feature levels a timm model has, built on the meta device (no weights).
+
+    None when the model cannot be built that way (then the check waits for the real build).
+    """
+    try:
+        import timm
+        import torch
+
+        with torch.device("meta"):
+            model = timm.create_model(name.split(".", 1)[0], pretrained=False,
+                                      **json.loads(kwargs_json))
+        return len(model.feature_info)
+    except Exception:  # any model-specific failure: leave it to the real build
+        return None
 
 
 def resolve_checkpoint(path: str) -> Path:

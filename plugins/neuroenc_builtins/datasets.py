@@ -5,9 +5,10 @@ generic ``folder`` layout for a lab's own data. Each produces
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from neuroenc import Component
 from neuroenc.data.subject import DatasetError, SubjectData
@@ -25,6 +26,43 @@ class AlgonautsParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     root: Path = Field(..., description="folder holding subj01 .. subj08 (the challenge download)")
     check_values: bool = Field(True, description="scan every fMRI file for NaN / inf on load")
+
+    @field_validator("root")
+    @classmethod
+    def _root_exists(cls, root: Path, info: ValidationInfo) -> Path:
+        return _check_root(root, info, "subj01 .. subj08")
+
+
+def _check_root(root: Path, info: ValidationInfo, holding: str) -> Path:
+    """Fail registry validation on a missing dataset root (the reader checks the layout).
+
+    With the registry's folder known (registry validation), a missing root fails
+    `neuroenc validate`; the reader checks the layout itself when a run starts.
+    """
+    base_dir = (info.context or {}).get("base_dir")
+    if base_dir is None:
+        return root
+    resolved = Path(os.path.expandvars(str(root))).expanduser()
+    resolved = resolved if resolved.is_absolute() else Path(base_dir) / resolved
+    if not resolved.is_dir():
+        raise ValueError(f"{resolved}: dataset root not found; expected a folder holding "
+                         f"{holding}{_similar_folder(resolved)}")
+    return root
+
+
+def _similar_folder(path: Path) -> str:
+    """Return " (did you mean '...'?)" for a sibling folder with a close name, or ""."""
+    from neuroenc.core.plugins import suggest
+
+    parent = path.parent
+    while not parent.is_dir() and parent != parent.parent:
+        path, parent = parent, parent.parent
+    try:
+        siblings = [p.name for p in parent.iterdir() if p.is_dir()]
+    except OSError:
+        return ""
+    hint = suggest(path.name, siblings)
+    return hint.replace("(did you mean '", f"(did you mean '{parent}/") if hint else ""
 
 
 class AlgonautsReader:
@@ -79,6 +117,11 @@ class FolderParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     root: Path = Field(..., description="folder with one folder per subject (docs/datasets.md)")
     check_values: bool = Field(True, description="scan every response file for NaN / inf on load")
+
+    @field_validator("root")
+    @classmethod
+    def _root_exists(cls, root: Path, info: ValidationInfo) -> Path:
+        return _check_root(root, info, "one folder per subject (docs/datasets.md)")
 
 
 def _folder(params: FolderParams, context) -> FolderDataset:

@@ -223,8 +223,7 @@ class LLMVEMModel:
         self.net = _Net(self.backbone.module, head, projection, alignment).to(self.device)
 
         ckpt_path = self._checkpoint_path(data, train_index)
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False) \
-            if p.resume and ckpt_path.is_file() else None
+        state = load_checkpoint(ckpt_path) if p.resume and ckpt_path.is_file() else None
         if state is not None and state.get("complete"):
             self.net.load_state_dict(state["net"])
             self.history = state["history"]
@@ -380,6 +379,8 @@ class LLMVEMModel:
             param.requires_grad_(False)
 
     def _save(self, path: Path, state: dict) -> None:
+        # Only tensors and plain containers, so that load_checkpoint can use weights_only.
+        state = _plain(state)
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
 
@@ -421,3 +422,38 @@ COMPONENTS = [
     Component("llm-vem", LLMVEMModel, LLMVEMParams,
               "two-stage training of backbone + voxel head with LLM-caption alignment (Ma et al. 2024)"),
 ]
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Return a training checkpoint, read with ``weights_only=True``.
+
+    ``<cache>/training/`` is shared between users on clusters, and a full unpickle of a
+    file placed there would run whatever code it names. Checkpoints hold tensors and
+    plain containers only, which torch's restricted loader reads.
+
+    Raises
+    ------
+    RuntimeError
+        The file names anything else (the message names the file and what it holds).
+    """
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RuntimeError(
+            f"{path}: refused to load this training checkpoint: it holds more than tensors and "
+            f"plain containers ({first}); neuroenc never writes such a file, so it was placed "
+            "there by someone else: delete it (training then starts afresh)") from None
+
+
+def _plain(value):
+    """Return ``value`` with numpy scalars turned into Python numbers (recursively)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

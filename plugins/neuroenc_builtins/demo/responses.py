@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from neuroenc.metrics import noise_ceiling_from_ncsnr
+from neuroenc.evaluation.metrics import noise_ceiling_from_ncsnr
 
 from ._constants import (
     _GRID,

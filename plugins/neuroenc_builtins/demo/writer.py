@@ -116,7 +116,7 @@ _GROUND_TRUTH_DESCRIPTION = (
     "spatially smooth unit noise, with per-session offsets and gains; each image is shown 3 "
     "times (a few test images 2 or 1), trials are z-scored per vertex within each session and "
     "averaged over repeats. ncsnr is computed from the repeats as in NSD and the noise ceiling "
-    "from it with neuroenc.metrics.noise_ceiling_from_ncsnr. Per-vertex parameters are in "
+    "from it with neuroenc.evaluation.metrics.noise_ceiling_from_ncsnr. Per-vertex parameters are in "
     "demo_ground_truth/subjXX_<hemi>.npz, per-image content in demo_ground_truth/images.csv."
 )
 
@@ -214,7 +214,7 @@ def generate_demo_dataset(
     or 1 times); trials get per-session offsets and gains, are z-scored per vertex within
     each session and averaged over repeats. ncsnr = sqrt(max(0, 1 - s2)) / sqrt(s2), with
     ``s2`` the pooled within-image variance of the z-scored trials, and the noise ceiling
-    follows from it (:func:`neuroenc.metrics.noise_ceiling_from_ncsnr`).
+    follows from it (:func:`neuroenc.evaluation.metrics.noise_ceiling_from_ncsnr`).
     """
     t0 = time.perf_counter()
     subj = _validate(subjects, n_train, n_test, image_size, seed)

@@ -27,7 +27,7 @@ than 80 tokens, a second turn ``Continue`` is appended and the caption is both a
 ``dataset-captions`` reads captions that ship with the data (the demo's
 ``demo_captions.csv``, or NSD's COCO captions through ``nsd_stim_info_merged.csv``), and
 ``caption-file`` a user's CSV / JSON-lines file. Wrap any of them in
-:func:`neuroenc.captions.caption_images` to cache them.
+:func:`neuroenc.stimuli.captions.caption_images` to cache them.
 
 The package is split by concern: ``conversation.py`` (what the model-based captioners
 share), ``minigpt4.py``, ``transformers_vlm.py``, ``dataset.py`` (captions from the data

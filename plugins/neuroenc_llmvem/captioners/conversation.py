@@ -156,7 +156,7 @@ class _ConversationCaptioner:
     component = "minigpt4"
 
     def __init__(self, params: MiniGPT4Params, *, device: str, seed: int, base_dir: Path):
-        from neuroenc.context import resolve_device
+        from neuroenc.core.context import resolve_device
 
         self.params = params
         self.device = resolve_device(params.device) if params.device else device
@@ -187,7 +187,7 @@ class _ConversationCaptioner:
         """Load (or build) the model now; otherwise the first ``caption()`` does.
 
         Loading is deferred so that a run whose captions are all cached never loads a
-        multi-gigabyte LLM: :func:`neuroenc.captions.caption_images` needs only
+        multi-gigabyte LLM: :func:`neuroenc.stimuli.captions.caption_images` needs only
         ``identity()``.
         """
         if not self._loaded:

@@ -1,0 +1,148 @@
+"""Cache entries under concurrency, shared-cache file modes, and the sweep of leftovers."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from neuroenc.core.cache import STALE_AFTER_S, atomic_dir, atomic_path, sweep_stale
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# One process of the concurrency test: extract features of the same images into the same
+# cache as its twin, counting the batches it pushes through the backbone itself. Each
+# batch takes a while so that the twins overlap for certain.
+EXTRACT = textwrap.dedent("""
+    import json, sys, time
+    from pathlib import Path
+    from neuroenc.core.context import RunContext
+    from neuroenc.stimuli.features import extract_features
+    from neuroenc.core.plugins import PluginManager
+    from neuroenc_builtins.backbones import TimmBackbone, TimmParams
+
+    cache, images, go = Path(sys.argv[1]), sorted(Path(sys.argv[2]).glob("*.png")), Path(sys.argv[3])
+    backbone = TimmBackbone(TimmParams(model_name="resnet18", pretrained=False, image_size=32,
+                                       layers=[1, 2]))
+    batches = []
+    real = backbone.forward_features
+    def counting(batch):
+        batches.append(len(batch))
+        time.sleep(0.3)
+        return real(batch)
+    backbone.forward_features = counting
+    context = RunContext(manager=PluginManager(load_entrypoints=False), cache_dir=cache,
+                         batch_size=4, show_progress=False)
+    print("ready", flush=True)
+    while not go.exists():
+        time.sleep(0.01)
+    feats = extract_features(backbone, images, context)
+    print(json.dumps({"batches": len(batches),
+                      "sums": {k: float(v.sum()) for k, v in feats.items()}}), flush=True)
+""")
+
+
+def test_two_runs_on_one_cache_extract_once(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")])}
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", EXTRACT, str(tmp_path / "cache"), str(images),
+                               str(go)], stdout=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    for proc in procs:
+        assert proc.stdout.readline().strip() == "ready"
+    go.touch()
+    outputs = [json.loads(proc.communicate(timeout=300)[0].strip().splitlines()[-1]) for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs)
+    # one process extracted all 3 batches, the other waited for the lock and reused them
+    assert sorted(o["batches"] for o in outputs) == [0, 3]
+    assert outputs[0]["sums"] == outputs[1]["sums"]
+    entries = [p.name for p in (tmp_path / "cache" / "features").iterdir()]
+    assert len(entries) == 1 and not entries[0].startswith(".")
+
+
+def test_cache_entries_are_readable_by_the_group(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "entry") as tmp:
+            (tmp / "data.npy").write_bytes(b"x")
+        with atomic_path(tmp_path / "file.json") as tmp:
+            tmp.write_text("{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "entry").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "entry" / "data.npy").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "file.json").stat().st_mode) == 0o644
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_sweep_removes_leftovers_of_dead_processes_only(tmp_path):
+    from neuroenc.core.cache import _host
+
+    dead, live = _dead_pid(), os.getppid()
+    folder = tmp_path / "cache" / "features"
+    folder.mkdir(parents=True)
+    dead_dir = folder / f".abc.{_host()}-{dead}.x1y2.tmp"
+    (dead_dir).mkdir()
+    (dead_dir / "000.npy").write_bytes(b"x")
+    dead_file = tmp_path / "cache" / f".index.json.{_host()}-{dead}.q_9.tmp"
+    dead_file.write_text("x")
+    live_file = folder / f".def.{_host()}-{live}.zz.tmp"
+    live_file.write_text("x")
+    other_host = folder / f".ghi.elsewhere-{dead}.zz.tmp"
+    other_host.write_text("x")
+    old_untagged = folder / ".jkl.abc123.tmp"
+    old_untagged.write_text("x")
+    week = time.time() - 7 * 24 * 3600
+    os.utime(old_untagged, (week, week))
+    entry = folder / "0123456789abcdef"  # a real entry is never touched
+    entry.mkdir()
+    removed = sweep_stale(tmp_path / "cache", depth=2)
+    assert sorted(removed) == sorted([dead_dir, dead_file, old_untagged])
+    assert live_file.exists() and other_host.exists() and entry.exists()
+    # another host's temporary goes once it is older than STALE_AFTER_S; a live one stays
+    assert sweep_stale(tmp_path / "cache", depth=2, now=time.time() + STALE_AFTER_S + 60) == \
+        [other_host]
+    assert live_file.exists()
+
+
+def test_load_run_reports_an_incomplete_run(tmp_path):
+    import xarray as xr
+
+    from neuroenc.evaluation.results import load_run, write_netcdf
+    from neuroenc.core.run_status import IncompleteRunError, mark_complete
+
+    run = tmp_path / "run"
+    (run).mkdir()
+    (run / "environment.json").write_text(json.dumps(
+        {"planned": {"models": ["a", "b"], "subjects": ["subj01", "subj02"]}}))
+    ds = xr.Dataset({"pearson": ("vertex", np.zeros(3, np.float32))},
+                    attrs={"model": "a", "subject": "subj01"})
+    write_netcdf(ds, run / "models" / "a" / "subj01" / "scores.nc")
+    mark_complete(run / "models" / "a" / "subj01")
+    write_netcdf(ds.assign_attrs(subject="subj02"), run / "models" / "a" / "subj02" / "scores.nc")
+    with pytest.raises(IncompleteRunError) as info:
+        load_run(run)
+    assert str(info.value).startswith(
+        f"{run}: incomplete run (no complete.json: it was killed, failed or is still running); "
+        "missing: models/a/subj02, models/b/subj01, models/b/subj02; 1 part(s) finished")
+    with pytest.warns(RuntimeWarning, match="missing: models/a/subj02"):
+        assert list(load_run(run, allow_incomplete=True)) == [("a", "subj01")]
