@@ -90,3 +90,22 @@ def test_shape_mismatch_and_nan_are_errors():
 
 def test_challenge_score_is_the_mean():
     assert metrics.challenge_score(np.array([10.0, 20.0, 60.0])) == pytest.approx(30.0)
+
+
+def test_resampled_scores_equal_the_plain_ones_on_their_resample():
+    rng = np.random.default_rng(3)
+    measured = rng.normal(size=(40, 7)) + 5.0
+    predicted = measured + rng.normal(size=(40, 7))
+    predicted[:, 6] = 2.0  # a constant prediction scores 0
+    ones = np.ones((1, 40))
+    np.testing.assert_allclose(metrics.pearson_r_resampled(measured, predicted, ones)[0],
+                               metrics.pearson_r(measured, predicted), atol=1e-10)
+    np.testing.assert_allclose(metrics.r2_score_resampled(measured, predicted, ones)[0],
+                               metrics.r2_score(measured, predicted), atol=1e-10)
+    counts = rng.multinomial(40, np.full(40, 1 / 40), size=3)
+    for row in counts:
+        rows = np.repeat(np.arange(40), row)  # the resample written out image by image
+        np.testing.assert_allclose(metrics.pearson_r_resampled(measured, predicted, row[None])[0],
+                                   metrics.pearson_r(measured[rows], predicted[rows]), atol=1e-10)
+        np.testing.assert_allclose(metrics.r2_score_resampled(measured, predicted, row[None])[0],
+                                   metrics.r2_score(measured[rows], predicted[rows]), atol=1e-10)

@@ -1,4 +1,4 @@
-"""The ``neuroenc plot`` and ``neuroenc report`` commands (added to the main app by :func:`register`).
+"""The ``neuroenc plot``, ``report`` and ``compare`` commands (added to the main app by :func:`register`).
 
 Kept apart from :mod:`neuroenc.cli` so that the analysis layer (matplotlib, nilearn
 plotting) is imported only when one of these commands runs.
@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-__all__ = ["register", "plot", "report"]
+__all__ = ["register", "plot", "report", "compare"]
 
 console = Console()
 err = Console(stderr=True)
@@ -161,11 +161,67 @@ def report(
     console.print(f"wrote {path}")
 
 
+def compare(
+    run_dir: Annotated[Path, typer.Argument(help="run folder (results/<name>/latest)")],
+    model_a: Annotated[str, typer.Argument(help="model A (e.g. a selected sweep point)")],
+    model_b: Annotated[str, typer.Argument(help="model B (e.g. the baseline)")],
+    level: Annotated[str, typer.Option(help="roi_class or roi")] = "roi_class",
+    var: Annotated[Optional[str], typer.Option("--var", "-v", help="noise_normalized (default where there is a noise ceiling), pearson or r2")] = None,
+    statistic: Annotated[str, typer.Option(help="median or mean over each ROI's vertices")] = "median",
+    n_boot: Annotated[int, typer.Option(help="bootstrap resamples of the scored images")] = 1000,
+    seed: Annotated[int, typer.Option(help="seed of the resamples")] = 0,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="CSV to write (default compare_<A>_vs_<B>.csv)")] = None,
+    plot_out: Annotated[Optional[Path], typer.Option("--plot", help="also write the difference map (first subject) as PNG")] = None,
+) -> None:
+    """Compare two models on the same scored images: per ROI the difference A - B with a
+    bootstrap CI over images (not vertices) and the fraction of vertices where A wins."""
+    from rich.table import Table
+
+    from neuroenc.core.cache import atomic_path
+    from neuroenc.evaluation.compare import compare_run
+
+    if level not in ("roi", "roi_class") or statistic not in ("median", "mean"):
+        _fail(f"--level {level!r} / --statistic {statistic!r}: expected roi or roi_class / median or mean")
+    if var not in (None, "noise_normalized", "pearson", "r2"):
+        _fail(f"--var {var!r}: expected noise_normalized, pearson or r2")
+    try:
+        table = compare_run(run_dir, model_a, model_b, level=level, variable=var,
+                            statistic=statistic, n_boot=n_boot, seed=seed)
+    except (KeyError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
+    variable = table.attrs["variable"]
+    shown = Table(title=f"{model_a} - {model_b}: {statistic} {variable} per "
+                        f"{level.replace('_', ' ')}, 95% CI from {n_boot} resamples of the images",
+                  title_justify="left", padding=(0, 1))
+    keys = ["subject", "roi_class"] + (["roi"] if level == "roi" else [])
+    for column in keys + ["n_vertices", "A", "B", "A - B", "95% CI", "A better"]:
+        shown.add_column(column, justify="left" if column in keys else "right")
+    for row in table.itertuples(index=False):
+        mark = "" if row.ci_low <= 0 <= row.ci_high else " *"
+        shown.add_row(*[str(getattr(row, k)) for k in keys], str(row.n_vertices), f"{row.a:.2f}",
+                      f"{row.b:.2f}", f"{row.difference:+.2f}{mark}",
+                      f"[{row.ci_low:+.2f}, {row.ci_high:+.2f}]", f"{row.fraction_a_better:.0%}")
+    console.print(shown)
+    console.print("* the interval excludes 0", highlight=False)
+    target = out or Path(f"compare_{model_a}_vs_{model_b}.csv".replace("/", "_"))
+    with atomic_path(target) as tmp:
+        table.to_csv(tmp, index=False)
+    console.print(f"wrote {target}")
+    if plot_out is not None:
+        from neuroenc.evaluation.analysis import load_results
+        from neuroenc.viz.plotting import plot_difference_map
+
+        plot_difference_map(load_results(run_dir), model_a, model_b, variable, out=plot_out)
+        console.print(f"wrote {plot_out}")
+
+
 def register(app: typer.Typer) -> None:
-    """Add the ``plot`` and ``report`` commands to ``app`` (once; calling again does nothing)."""
+    """Add the ``plot``, ``report`` and ``compare`` commands to ``app`` (once)."""
     names = {getattr(c, "name", None) or getattr(c.callback, "__name__", None)
              for c in app.registered_commands}
     if "plot" not in names:
         app.command("plot")(plot)
     if "report" not in names:
         app.command("report")(report)
+    if "compare" not in names:
+        app.command("compare")(compare)

@@ -19,6 +19,8 @@ __all__ = [
     "ncsnr_from_trials",
     "noise_ceiling_from_trials",
     "challenge_score",
+    "pearson_r_resampled",
+    "r2_score_resampled",
 ]
 
 
@@ -79,6 +81,57 @@ def r2_score(measured: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     return r2
 
 
+def _weighted_moments(measured, predicted, weights):
+    measured, predicted = _check_pair(measured, predicted)
+    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    if w.shape[1] != measured.shape[0] or (w < 0).any():
+        raise ValueError(f"weights of shape {w.shape}: expected non-negative (n_resamples, "
+                         f"{measured.shape[0]}) counts of the images")
+    total = w.sum(axis=1, keepdims=True)
+    # centre with the unweighted means first: the weighted moments below then subtract
+    # small numbers, not large ones (responses far from 0 would lose precision)
+    m = measured - measured.mean(axis=0)
+    p = predicted - predicted.mean(axis=0)
+    mean_m, mean_p = (w @ m) / total, (w @ p) / total
+    return w, total, m, p, mean_m, mean_p, measured - predicted
+
+
+def pearson_r_resampled(measured: np.ndarray, predicted: np.ndarray,
+                        weights: np.ndarray) -> np.ndarray:
+    """Return the Pearson correlation per vertex for each resample of the images.
+
+    Parameters
+    ----------
+    measured, predicted : ndarray of shape (n_images, n_vertices)
+    weights : ndarray of shape (n_resamples, n_images)
+        How often each image is in each resample (bootstrap counts); a row of ones gives
+        :func:`pearson_r`.
+
+    Returns
+    -------
+    r : ndarray of shape (n_resamples, n_vertices)
+        0 where a resample leaves a vertex's responses or predictions constant.
+    """
+    w, total, m, p, mean_m, mean_p, _ = _weighted_moments(measured, predicted, weights)
+    cov = (w @ (m * p)) / total - mean_m * mean_p
+    var_m = (w @ (m * m)) / total - mean_m**2
+    var_p = (w @ (p * p)) / total - mean_p**2
+    denom = np.sqrt(np.clip(var_m, 0, None) * np.clip(var_p, 0, None))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.where(denom > 0, cov / denom, 0.0)
+    return np.clip(r, -1.0, 1.0)
+
+
+def r2_score_resampled(measured: np.ndarray, predicted: np.ndarray,
+                       weights: np.ndarray) -> np.ndarray:
+    """Return R^2 per vertex for each resample of the images (see :func:`pearson_r_resampled`)."""
+    w, total, m, _, mean_m, _, resid = _weighted_moments(measured, predicted, weights)
+    ss_res = w @ (resid * resid)
+    ss_tot = (w @ (m * m)) - total * mean_m**2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ss_tot > 0, 1.0 - ss_res / ss_tot, 0.0)
+
+
 def noise_normalized_score(r: np.ndarray, noise_ceiling: np.ndarray) -> np.ndarray:
     """Return the Algonauts 2023 noise-normalized encoding score per vertex, in percent.
 
@@ -97,7 +150,7 @@ def noise_normalized_score(r: np.ndarray, noise_ceiling: np.ndarray) -> np.ndarr
     """
     r = np.asarray(r, dtype=np.float64)
     nc = np.asarray(noise_ceiling, dtype=np.float64).copy()
-    if r.shape != nc.shape:
+    if r.shape[-1:] != nc.shape:  # leading dimensions (e.g. bootstrap resamples) broadcast
         raise ValueError(
             f"correlations have shape {r.shape} but the noise ceiling has shape {nc.shape}"
         )

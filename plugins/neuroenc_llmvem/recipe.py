@@ -115,15 +115,6 @@ class _Net(nn.Module):
         self.alignment = alignment
 
 
-def _cosine_with_warmup(total_steps: int, warmup_steps: int):
-    def factor(step: int) -> float:
-        if warmup_steps and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return factor
-
-
 def _validation_score(measured: np.ndarray, predicted: np.ndarray, metric: str) -> float:
     from neuroenc.evaluation.metrics import pearson_r, r2_score
 
@@ -279,8 +270,12 @@ class LLMVEMModel:
         n_fit = len(fit_index)
         steps_per_epoch = max(1, n_fit // batch_size) if n_fit > batch_size else 1
         optimizer = torch.optim.AdamW(trainable, lr=stage.lr, weight_decay=stage.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine_with_warmup(
-            stage.epochs * steps_per_epoch, int(stage.warmup_epochs * steps_per_epoch)))
+        # linear warm-up from 0, then cosine decay to 0 (transformers' schedule)
+        from transformers import get_cosine_schedule_with_warmup
+
+        scheduler = get_cosine_schedule_with_warmup(
+            optimizer, num_warmup_steps=int(stage.warmup_epochs * steps_per_epoch),
+            num_training_steps=stage.epochs * steps_per_epoch)
         amp = p.amp and self.device.type == "cuda"
         amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
         scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
