@@ -26,8 +26,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_dir", "allocated_memmap", "entry_lock", "sweep_stale", "stable_hash", "hash_files",
-           "write_json_atomic"]
+__all__ = ["atomic_path", "atomic_dir", "allocated_memmap", "entry_lock", "sweep_stale",
+           "stable_hash", "hash_files", "write_json_atomic"]
 
 
 #: A temporary left by a process that is gone is swept at once on the same host; one of
