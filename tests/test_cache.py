@@ -7,48 +7,38 @@ import os
 import stat
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
+import forked
 import numpy as np
 import pytest
 from PIL import Image
 
 from neuroenc.core.cache import STALE_AFTER_S, atomic_dir, atomic_path, sweep_stale
 
-ROOT = Path(__file__).resolve().parents[1]
-
-# One process of the concurrency test: extract features of the same images into the same
-# cache as its twin, counting the batches it pushes through the backbone itself. Each
-# batch takes a while so that the twins overlap for certain.
-EXTRACT = textwrap.dedent("""
-    import json, sys, time
-    from pathlib import Path
+def _extract_in_child(cache: str, images: str, go, results) -> None:
+    """One of two twins: extract the same images into the same cache, counting batches."""
     from neuroenc.core.context import RunContext
     from neuroenc.stimuli.features import extract_features
     from neuroenc.core.plugins import PluginManager
     from neuroenc_builtins.backbones import TimmBackbone, TimmParams
 
-    cache, images, go = Path(sys.argv[1]), sorted(Path(sys.argv[2]).glob("*.png")), Path(sys.argv[3])
     backbone = TimmBackbone(TimmParams(model_name="resnet18", pretrained=False, image_size=32,
                                        layers=[1, 2]))
     batches = []
     real = backbone.forward_features
+
     def counting(batch):
         batches.append(len(batch))
-        time.sleep(0.3)
+        time.sleep(0.3)  # each batch takes a while, so that the twins overlap for certain
         return real(batch)
     backbone.forward_features = counting
-    context = RunContext(manager=PluginManager(load_entrypoints=False), cache_dir=cache,
+    context = RunContext(manager=PluginManager(load_entrypoints=False), cache_dir=Path(cache),
                          batch_size=4, show_progress=False)
-    print("ready", flush=True)
-    while not go.exists():
-        time.sleep(0.01)
-    feats = extract_features(backbone, images, context)
-    print(json.dumps({"batches": len(batches),
-                      "sums": {k: float(v.sum()) for k, v in feats.items()}}), flush=True)
-""")
+    go.wait()
+    feats = extract_features(backbone, sorted(Path(images).glob("*.png")), context)
+    results.put({"batches": len(batches), "sums": {k: float(v.sum()) for k, v in feats.items()}})
 
 
 def test_two_runs_on_one_cache_extract_once(tmp_path):
@@ -57,16 +47,17 @@ def test_two_runs_on_one_cache_extract_once(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(12):
         Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(images / f"{i}.png")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")])}
-    go = tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, "-c", EXTRACT, str(tmp_path / "cache"), str(images),
-                               str(go)], stdout=subprocess.PIPE, text=True, env=env)
-             for _ in range(2)]
+    ctx = forked.context()
+    go, results = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_extract_in_child, args=(str(tmp_path / "cache"), str(images),
+                                                         go, results)) for _ in range(2)]
     for proc in procs:
-        assert proc.stdout.readline().strip() == "ready"
-    go.touch()
-    outputs = [json.loads(proc.communicate(timeout=300)[0].strip().splitlines()[-1]) for proc in procs]
-    assert all(proc.returncode == 0 for proc in procs)
+        proc.start()
+    go.set()
+    outputs = [results.get(timeout=300) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=60)
+        assert proc.exitcode == 0
     # one process extracted all 3 batches, the other waited for the lock and reused them
     assert sorted(o["batches"] for o in outputs) == [0, 3]
     assert outputs[0]["sums"] == outputs[1]["sums"]

@@ -8,7 +8,6 @@ may remain once a later run has started.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import resource
 import signal
@@ -16,6 +15,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import forked
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -33,7 +33,7 @@ dataset: {{kind: algonauts2023, root: {root}, subjects: [1]}}
 models:
   ridge:
     recipe: frozen-features
-    backbone: {{name: timm, model_name: resnet18, pretrained: false, image_size: 64, layers: [2, 4]}}
+    backbone: {{name: timm, model_name: resnet18, pretrained: false, image_size: 64, layers: [2]}}
     mapper: {{name: ridge, n_folds: 3}}
 compute: {{cache_dir: {cache}, batch_size: 8}}
 output: {{dir: {out}}}
@@ -65,9 +65,7 @@ def spawner():
     A fresh interpreter would spend most of each run importing torch; the fork server
     imports once (and never runs torch code, so forking it is safe).
     """
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["neuroenc.cli", "neuroenc.core.runner", "neuroenc_builtins",
-                                "torch", "timm", "xarray", "h5netcdf"])
+    ctx = forked.context()
 
     def start(registry: Path, max_file_size: int | None = None):
         log = str(registry) + ".log"

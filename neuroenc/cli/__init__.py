@@ -149,7 +149,8 @@ def validate(
     n_runs = len(registry.variants())
     sweeps = f" ({n_runs} runs with sweeps expanded)" if n_runs != len(registry.models) else ""
     if registry.plugins and not load_plugins:
-        console.print(f"[yellow]not imported[/]: the registry's plugins ({', '.join(registry.plugins)}); "
+        named = ", ".join(registry.plugins)
+        console.print(f"[yellow]not imported[/]: the registry's plugins ({named}); "
                       "pass --load-plugins to import them (runs their code) and check what they "
                       "provide", highlight=False, soft_wrap=True)
         for path, message in unchecked:

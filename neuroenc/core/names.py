@@ -18,8 +18,9 @@ __all__ = ["name_problem", "registry_name_problems", "normalise_subject"]
 # Windows device names, reserved with any extension ("CON.txt") and in any case.
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
                      *(f"LPT{i}" for i in range(1, 10))}
-_FORBIDDEN = {"/": "'/'", "\\": "'\\'", ":": "':'", "*": "'*'", "?": "'?'", '"': "'\"'",
-              "<": "'<'", ">": "'>'", "|": "'|'"}
+# Path separators only: ':' '*' '?' '"' '<' '>' '|' are invalid on Windows too, but a sweep
+# over mappings (`mapper: [{name: ridge}, ...]`) names folders with JSON, quotes included.
+_FORBIDDEN = {"/": "'/'", "\\": "'\\'"}
 _MAX_LENGTH = 200  # file systems allow 255 bytes; leave room for the temp-file affixes
 
 

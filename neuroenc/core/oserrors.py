@@ -48,7 +48,7 @@ def _target(filename: str) -> str:
 
 
 def describe_os_error(exc: OSError) -> str:
-    """Return one line naming the path, the operation that failed and, for a full disk, the space."""
+    """Return one line: the path, the operation that failed and, for a full disk, the space."""
     filename = exc.filename if exc.filename is not None else None
     target = _target(str(filename)) if filename is not None else "(unknown path)"
     strerror = exc.strerror or str(exc) or type(exc).__name__

@@ -205,7 +205,8 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
     for subject in subjects:
         t0 = time.perf_counter()
         data = reader.load(subject)
-        require_valid_images([*data.train_images, *data.test_images], root=getattr(data, "root", None),
+        require_valid_images([*data.train_images, *data.test_images],
+                             root=getattr(data, "root", None),
                              memo_dir=cache_dir / "image-checks", what=f"{subject} images")
         timings[f"{subject}/load"] = time.perf_counter() - t0
         split, train_index, eval_index = _evaluation_split(registry, data, registry.seed)

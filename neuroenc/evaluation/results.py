@@ -273,7 +273,8 @@ def summarize(results: Iterable[xr.Dataset], variable: str | None = None) -> pd.
     return table
 
 
-def load_run(run_dir: str | Path, *, allow_incomplete: bool = False) -> dict[tuple[str, str], xr.Dataset]:
+def load_run(run_dir: str | Path, *,
+             allow_incomplete: bool = False) -> dict[tuple[str, str], xr.Dataset]:
     """Return ``{(model, subject): scores Dataset}`` for every result of a run folder.
 
     Raises

@@ -192,7 +192,8 @@ def caption_images(captioner: Captioner, images: Sequence[str | Path], context: 
         return [cached[digest] for digest in hashes]
     # Two runs captioning the same images wait for each other and caption them once; runs
     # on other images (another subject) take another lock and go on in parallel.
-    with entry_lock(context.cache_dir, "captions", f"{key}-{stable_hash(sorted(missing), length=24)}"):
+    images_key = stable_hash(sorted(missing), length=24)
+    with entry_lock(context.cache_dir, "captions", f"{key}-{images_key}"):
         cached = read_caption_cache(entry)
         missing = _missing(hashes, images, cached)
         _caption_missing(captioner, identity, missing, cached, entry, context, description,

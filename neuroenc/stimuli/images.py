@@ -110,8 +110,8 @@ def check_images(paths: Sequence[str | Path], memo_dir: str | Path | None = None
         from neuroenc.core.cache import write_json_atomic
 
         try:
-            write_json_atomic(_memo_file(memo_dir, folder), {"folder": str(folder),  # type: ignore[arg-type]
-                                                             "files": memos[folder]})
+            write_json_atomic(_memo_file(memo_dir, folder),  # type: ignore[arg-type]
+                              {"folder": str(folder), "files": memos[folder]})
         except OSError:  # a read-only cache: the check still ran
             pass
     return sorted(bad, key=lambda item: str(item[0]))
@@ -142,4 +142,5 @@ def require_valid_images(paths: Sequence[str | Path], *, root: str | Path | None
                 pass
         lines.append(f"  {shown}: {reason}")
     raise DatasetError(f"{len(bad)} of {len(paths)} {what} cannot be read (nothing was computed "
-                       "from them yet); replace them from the dataset release:\n" + "\n".join(lines))
+                       "from them yet); replace them from the dataset release:\n"
+                       + "\n".join(lines))
