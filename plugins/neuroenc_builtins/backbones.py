@@ -232,6 +232,9 @@ class TimmBackbone:
             "model_kwargs": self.params.model_kwargs,
             "pretrained": self.params.pretrained and self.checkpoint is None,
             "checkpoint": ckpt,
+            # Random weights depend on the seed they were drawn with: key them by content.
+            "random_weights_sha256": (self.weights_digest() if not self.params.pretrained
+                                      and self.checkpoint is None else None),
             "timm_version": timm.__version__,
             "data_config": {k: list(v) if isinstance(v, tuple) else v
                             for k, v in self.data_config.items()},
@@ -239,6 +242,21 @@ class TimmBackbone:
             "pooling": self.params.pooling,
             "grid_size": self.params.grid_size if self.params.pooling == "grid" else None,
         }
+
+
+    def weights_digest(self) -> str:
+        """Return a SHA-256 of the module's parameters and buffers as they are now."""
+        import hashlib
+
+        import torch
+
+        digest = hashlib.sha256()
+        with torch.no_grad():
+            for name, tensor in self.module.state_dict().items():
+                digest.update(name.encode())
+                flat = tensor.detach().cpu().contiguous().reshape(-1)
+                digest.update(flat.view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()[:32]
 
 
 def _is_vit_like(model_name: str) -> bool:
