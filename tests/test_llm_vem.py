@@ -268,3 +268,17 @@ def test_no_unrestricted_unpickling_in_the_sources():
                          r"torch\.load\((?![^)]*weights_only\s*=\s*True)", line):
                 offenders.append(f"{path.relative_to(root)}:{no}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_the_training_checkpoint_key_covers_the_caption_embeddings(manager, tmp_path,
+                                                                   small_demo_root):
+    data = read_subject(small_demo_root, "subj01")
+    stages = [{"name": "head", "train": ["head"], "epochs": 1, "lr": 3e-3, "warmup_epochs": 0}]
+    model = _context(manager, tmp_path).build("recipe", _recipe(None, stages))
+    train_index = np.arange(len(data.train_images))
+    captions = torch.zeros(len(train_index), 8)
+    edited = captions.clone()
+    edited[3, 0] = 1.0  # one caption changed
+    keys = {model._checkpoint_path(data, train_index, t) for t in (None, captions, edited)}
+    assert len(keys) == 3
+    assert model._checkpoint_path(data, train_index, captions.clone()) in keys

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import fnmatch
+import hashlib
 import math
 import time
 from pathlib import Path
@@ -168,12 +169,14 @@ class LLMVEMModel:
             num_workers=self.context.num_workers, pin_memory=self.device.type == "cuda")
 
     # -- training -----------------------------------------------------------------------
-    def _checkpoint_path(self, data, train_index: np.ndarray) -> Path:
+    def _checkpoint_path(self, data, train_index: np.ndarray, text: torch.Tensor | None = None) -> Path:
         key = stable_hash({
             "recipe": "llm-vem", "params": self.params.model_dump(mode="json"),
             "subject": data.subject, "fmri": data.responses_identity("train"),
             "images": hash_images(data.train_images, self.context.cache_dir / "file-hashes"), "train_index": stable_hash(train_index.tolist()),
             "seed": self.context.seed, "torch": torch.__version__,
+            # the caption embeddings actually used: an edited caption file retrains
+            "text": None if text is None else hashlib.sha256(text.numpy().tobytes()).hexdigest(),
         }, length=24)
         return self.context.cache_dir / "training" / f"{data.subject}-{key}.pt"
 
@@ -213,7 +216,7 @@ class LLMVEMModel:
             alignment = self.alignment_loss
         self.net = _Net(self.backbone.module, head, projection, alignment).to(self.device)
 
-        ckpt_path = self._checkpoint_path(data, train_index)
+        ckpt_path = self._checkpoint_path(data, train_index, text)
         state = load_checkpoint(ckpt_path) if p.resume and ckpt_path.is_file() else None
         if state is not None and state.get("complete"):
             self.net.load_state_dict(state["net"])
