@@ -123,6 +123,7 @@ def neuroenc_recipes() -> list[Component]:
     :class:`neuroenc.interfaces.EncodingModel` with ``fit(subject_data, train_index)``
     and ``predict(subject_data, split, index)`` (an array, or a
     :class:`neuroenc.interfaces.Prediction` with named parts), and optionally
-    ``vertex_maps()`` (per-vertex values learnt in ``fit``) and ``derived_scores(scores)``. Built-in: ``frozen-features``
-    (backbone features -> voxel mapper); LLM-VEM adds its two-stage trainer.
+    ``vertex_maps()`` (per-vertex values learnt in ``fit``) and ``derived_scores(scores)``.
+    Built-in: ``frozen-features`` (backbone features -> voxel mapper); LLM-VEM adds its
+    two-stage trainer.
     """
