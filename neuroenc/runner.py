@@ -227,6 +227,13 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
                     raise ValueError(f"model {model_name!r}: extra score {extra_name!r} clashes "
                                      "with a metric of the same name")
                 scores[extra_name] = value
+            # per-vertex quantities learnt from the training data (e.g. fwrf's rf_x, rf_angle)
+            vertex_maps = model.vertex_maps() if hasattr(model, "vertex_maps") else {}
+            for map_name, value in vertex_maps.items():
+                if map_name in scores:
+                    raise ValueError(f"model {model_name!r}: vertex map {map_name!r} clashes "
+                                     "with a score of the same name")
+                scores[map_name] = value
             folder = run_dir / "models" / model_name / subject
             ds = result_dataset(
                 model=model_name, subject=subject, vertex_coords=coords, scores=scores,
@@ -237,6 +244,7 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
                        "device": device, "model_config": {"recipe": variant.recipe, **variant.params},
                        "sweep_base": variant.base, "sweep_point": variant.point,
                        "training_history": getattr(model, "history", None) or [],
+                       "vertex_map_units": getattr(model, "vertex_map_units", None) or {},
                        "versions": environment["versions"]})
             write_netcdf(ds, folder / "scores.nc")
             write_netcdf(predictions_dataset(
