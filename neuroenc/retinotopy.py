@@ -192,8 +192,8 @@ def _colour_wheel(fig: Figure, cmap: str) -> None:
     theta = np.linspace(-np.pi, np.pi, 361)
     radius = np.array([0.45, 1.0])
     t, r = np.meshgrid(theta, radius)
-    ax.pcolormesh(t, r, np.degrees(t[:, :-1] + np.diff(theta)[None, :] / 2),
-                  cmap=colormaps[cmap], vmin=-180, vmax=180, shading="flat")
+    centres = np.degrees(theta[:-1] + np.diff(theta) / 2)[None, :]  # (1, 360)
+    ax.pcolormesh(t, r, centres, cmap=colormaps[cmap], vmin=-180, vmax=180, shading="flat")
     ax.set_ylim(0, 1)
     ax.set_yticks([])
     ax.set_xticks(np.radians([0, 90, 180, 270]))

@@ -34,6 +34,7 @@ from neuroenc.config import Registry, default_cache_dir
 from neuroenc.context import RunContext, resolve_device, seed_everything
 from neuroenc.data.algonauts import DatasetError, subject_id
 from neuroenc.plugins import PluginManager
+from neuroenc.retinotopy import visual_field_deg
 from neuroenc.results import (combine_sweep, export_submission, predictions_dataset,
                               result_dataset, roi_class_summary, summarize, write_netcdf)
 
@@ -245,6 +246,7 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
                        "sweep_base": variant.base, "sweep_point": variant.point,
                        "training_history": getattr(model, "history", None) or [],
                        "vertex_map_units": getattr(model, "vertex_map_units", None) or {},
+                       "visual_field_deg": visual_field_deg(data),
                        "versions": environment["versions"]})
             write_netcdf(ds, folder / "scores.nc")
             write_netcdf(predictions_dataset(
