@@ -500,7 +500,7 @@ def _kfold_batch(X, mean, scale, Y, alphas, c0, exponent, n_folds, device, dtype
 
 def predict_fwrf(maps: Mapping[str, np.ndarray] | Sequence[np.ndarray], result: FwrfResult, *,
                  rows: np.ndarray | None = None, device: str | torch.device = "cpu",
-                 candidate_batch_size: int = 32) -> np.ndarray:
+                 candidate_batch_size: int | None = None) -> np.ndarray:
     """Return predicted responses of shape (n_images, n_vertices) for the maps' images.
 
     Only the candidates some vertex chose are pooled; each vertex's prediction is its own
@@ -511,6 +511,9 @@ def predict_fwrf(maps: Mapping[str, np.ndarray] | Sequence[np.ndarray], result: 
         raise ValueError(f"fwrf: maps have {[m.shape[1] for m in layers]} channels per layer; "
                          f"the model was fitted on {list(result.layer_channels)}")
     n = layers[0].shape[0] if rows is None else len(rows)
+    if candidate_batch_size is None:  # pooled features of one batch near _PRODUCT_BATCH_BYTES
+        candidate_batch_size = max(1, min(64, _PRODUCT_BATCH_BYTES
+                                          // (4 * n * sum(result.layer_channels))))
     work = torch.float32 if result.coef.dtype == np.float32 else torch.float64
     out = np.empty((n, result.coef.shape[1]), dtype=result.coef.dtype)
     used = np.unique(result.best_candidate)
