@@ -47,6 +47,25 @@ def test_layers_pooling_and_shapes(images, context):
     assert isinstance(feats["layer4"], np.memmap)
 
 
+def test_map_pooling_keeps_each_layer_as_a_memory_mapped_map(images, context):
+    backbone = _backbone(image_size=64, pooling="map", map_size=8)
+    maps = extract_features(backbone, images, context)
+    # layer1 is 16 x 16 at 64 px: average-pooled to 8 x 8; layer4 (2 x 2) is kept
+    assert maps["layer1"].shape == (5, 64, 8, 8) and maps["layer4"].shape == (5, 512, 2, 2)
+    assert isinstance(maps["layer1"], np.memmap)
+    batch = torch.stack([backbone.preprocess(Image.open(p).convert("RGB")) for p in images])
+    with torch.inference_mode():
+        direct = backbone.module.forward_intermediates(batch, indices=[1], intermediates_only=True)[0]
+    np.testing.assert_allclose(maps["layer1"], torch.nn.functional.avg_pool2d(direct, 2).numpy(),
+                               rtol=1e-4, atol=1e-5)
+    again = extract_features(backbone, images, context)  # a cache hit reads maps back as maps
+    assert again["layer4"].shape == (5, 512, 2, 2)
+    # the map size is part of the cache key; other poolings' keys do not mention it
+    other = _backbone(image_size=64, pooling="map", map_size=4)
+    assert feature_cache_key(other, images)[0] != feature_cache_key(backbone, images)[0]
+    assert "map_size" not in _backbone().identity()
+
+
 def test_features_equal_a_direct_forward_pass(images, context):
     backbone = _backbone()
     feats = extract_features(backbone, images, context)

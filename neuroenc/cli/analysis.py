@@ -25,6 +25,7 @@ class Kind(str, Enum):
     roi_box = "roi-box"
     scatter = "scatter"
     sweep = "sweep"
+    coverage = "coverage"
 
 
 class View(str, Enum):
@@ -34,6 +35,10 @@ class View(str, Enum):
     posterior = "posterior"
     dorsal = "dorsal"
     anterior = "anterior"
+
+
+# Receptive-field variables drawn with their conventional colour maps (neuroenc.viz.retinotopy).
+RETINOTOPIC_VARIABLES = ("rf_angle", "rf_eccentricity", "rf_size")
 
 
 def _fail(message: str) -> None:
@@ -52,7 +57,7 @@ def plot(
     model: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="model; repeat to compare several (roi-bar, roi-box)")] = None,
     subject: Annotated[Optional[str], typer.Option("--subject", "-s", help="subject, e.g. subj01 (default: the first)")] = None,
     view: Annotated[Optional[list[View]], typer.Option("--view", help="surface view; repeatable (default: lateral medial ventral posterior)")] = None,
-    kind: Annotated[Kind, typer.Option(help="surface map, ROI bar / box plot, model scatter, or sweep curve")] = Kind.surface,
+    kind: Annotated[Kind, typer.Option(help="surface map, ROI bar / box plot, model scatter, sweep curve, or visual-field coverage of receptive fields per ROI")] = Kind.surface,
     minus: Annotated[Optional[str], typer.Option("--minus", help="surface: plot MODEL minus this model (diverging map); scatter: the x-axis model")] = None,
     rois: Annotated[Optional[list[str]], typer.Option("--rois", help="surface: outline the ROIs of this class, e.g. floc-faces; repeatable")] = None,
     roi_class: Annotated[Optional[str], typer.Option("--roi-class", help="roi-bar / roi-box: the ROIs of this class (default: ROI classes pooled)")] = None,
@@ -69,8 +74,9 @@ def plot(
     the volume), ROI comparisons, scatter, sweeps."""
     from neuroenc.evaluation.analysis import default_variable, load_results, select_model
     from neuroenc.viz.plotting import (FsaverageUnavailableError, has_surface_coords,
-                                   plot_difference_map, plot_map, plot_model_scatter,
-                                   plot_roi_comparison, plot_sweep, surface_html)
+                                       plot_difference_map, plot_map, plot_model_scatter,
+                                       plot_roi_comparison, plot_sweep, surface_html)
+    from neuroenc.viz.retinotopy import plot_retinotopic_map, plot_visual_field_coverage
 
     models = list(model or [])
     views = [v.value for v in view] if view else ["lateral", "medial", "ventral", "posterior"]
@@ -106,6 +112,15 @@ def plot(
                 plot_difference_map(ds, name, minus, variable, views=views, rois=rois,
                                     threshold=threshold, vmin=vmin, vmax=vmax, cmap=cmap, dpi=dpi,
                                     out=target)
+            elif variable in RETINOTOPIC_VARIABLES and not diverging:
+                # polar angle, eccentricity, pRF size: conventional colour maps (cyclic with a
+                # colour wheel for angle), ROI outlines of the early visual areas by default
+                one = select_model(ds, name)
+                target = out or _default_out("surface", [one.attrs["model"], subject_id, variable])
+                plot_retinotopic_map(one, variable, views=views if view else
+                                     ("medial", "ventral", "posterior"),
+                                     rois=rois if rois else "prf-visualrois", vmin=vmin,
+                                     vmax=vmax, cmap=cmap, dpi=dpi, out=target)
             else:
                 one = select_model(ds, name)
                 target = out or _default_out("surface", [one.attrs["model"], subject_id, variable])
@@ -123,6 +138,11 @@ def plot(
                         surface_html(one, page, variable, hemisphere=hemi, diverging=diverging,
                                      cmap=cmap, vmin=vmin, vmax=vmax, threshold=threshold)
                         console.print(f"wrote {page}")
+        elif kind is Kind.coverage:
+            one = select_model(ds, models[0] if models else None)
+            chosen_class = roi_class or "prf-visualrois"
+            target = out or _default_out("coverage", [one.attrs["model"], subject_id, chosen_class])
+            plot_visual_field_coverage(one, roi_class=chosen_class, dpi=dpi, out=target)
         elif kind in (Kind.roi_bar, Kind.roi_box):
             chosen = loaded if subject is None else {subject_id: ds}
             target = out or _default_out(kind.value, [roi_class, subject, variable])

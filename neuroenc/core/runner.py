@@ -250,6 +250,7 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
                        "device": device, "model_config": {"recipe": variant.recipe, **variant.params},
                        "sweep_base": variant.base, "sweep_point": variant.point,
                        "training_history": getattr(model, "history", None) or [],
+                       "vertex_map_units": getattr(model, "vertex_map_units", None) or {},
                        "versions": environment["versions"]})
             write_netcdf(ds, folder / "scores.nc")
             write_netcdf(predictions_dataset(

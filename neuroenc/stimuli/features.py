@@ -90,6 +90,9 @@ def extract_features(backbone: ImageBackbone, images: Sequence[Path], context: R
                      *, description: str = "features") -> dict[str, np.ndarray]:
     """Return ``{layer: features of shape (n_images, dim)}``, memory-mapped from the cache.
 
+    A backbone that returns maps (timm ``pooling: map``) gives arrays of shape
+    (n_images, channels, height, width) instead, memory-mapped likewise.
+
     Parameters
     ----------
     backbone : ImageBackbone
@@ -172,6 +175,7 @@ class _Writer:
         self.images = images
         self.model_name = model_name
         self.layers: list[str] = []
+        self.shapes: list[tuple[int, ...]] = []
         self.dims: list[int] = []
         self.outputs: list[np.ndarray] = []
         self.row = 0
@@ -181,10 +185,15 @@ class _Writer:
 
     def _open(self, feats: dict) -> None:
         self.layers = list(feats)
-        self.dims = [int(np.prod(f.shape[1:])) for f in feats.values()]
-        for i, dim in enumerate(self.dims):
+        # Per-image shape of each layer: (dim,) for vectors and token sequences (flattened,
+        # as always), (C, H, W) for maps (backbone pooling 'map'), kept in the .npy header
+        # so that a map reads back as a map.
+        self.shapes = [tuple(int(d) for d in f.shape[1:]) if f.ndim == 4
+                       else (int(np.prod(f.shape[1:])),) for f in feats.values()]
+        self.dims = [int(np.prod(shape)) for shape in self.shapes]
+        for i, shape in enumerate(self.shapes):
             self.outputs.append(allocated_memmap(  # a full disk: OSError, not SIGBUS
-                self.folder / f"{i:03d}.npy", dtype=np.float32, shape=(self.n_images, dim)))
+                self.folder / f"{i:03d}.npy", dtype=np.float32, shape=(self.n_images, *shape)))
 
     def _non_finite(self, layer: str, row: int, n: int) -> FloatingPointError:
         return FloatingPointError(
@@ -202,7 +211,7 @@ class _Writer:
             values = values.numpy()
             if not np.isfinite(values).all():
                 raise self._non_finite(layer, self.row, n)
-            out[self.row:self.row + n] = values
+            out[self.row:self.row + n] = values.reshape(n, *out.shape[1:])
         self.row += n
 
     def submit_cuda(self, feats: dict, n: int) -> None:
@@ -239,7 +248,7 @@ class _Writer:
         for layer, dim, out in zip(self.layers, self.dims, self.outputs):
             if not finite[start:start + dim].all():
                 raise self._non_finite(layer, row, n)
-            out[row:row + n] = values[:, start:start + dim]
+            out[row:row + n] = values[:, start:start + dim].reshape(n, *out.shape[1:])
             start += dim
 
     def finish(self) -> None:

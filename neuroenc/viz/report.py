@@ -31,6 +31,7 @@ from neuroenc.evaluation.analysis import (MODEL_DIM, across_subjects, challenge_
                                roi_table, select_model)
 from neuroenc.core.cache import atomic_path
 from neuroenc.evaluation.results import roi_coords
+from neuroenc.viz.retinotopy import RF_VARIABLES
 
 __all__ = ["write_report", "figure_to_base64"]
 
@@ -248,8 +249,12 @@ def write_report(run_dir: str | Path, out_path: str | Path | None = None, *,
                                                views=views, rois=rois, data_dir=data_dir)
             doc.figure(fig, f"{b} - {a} on the surface, {subject}", dpi=dpi)
 
+    # -- receptive fields (models with an fwrf readout) --------------------------------
+    _receptive_fields(doc, results, surface_ok, dpi, data_dir)
+
     # -- extra per-vertex maps (e.g. variance partitioning) -------------------------------
-    extra = [v for v in per_vertex_variables(first) if v not in STANDARD_VARIABLES]
+    extra = [v for v in per_vertex_variables(first)
+             if v not in STANDARD_VARIABLES and v not in RF_VARIABLES]
     if extra:
         doc.section("Extra per-vertex maps")
         doc.note("Per-vertex maps written by recipes besides the metrics (e.g. variance "
@@ -346,6 +351,38 @@ def _surfaces(doc: _Html, plotting, results, pairs, variable, views, rois, dpi, 
             return False
         doc.figure(fig, f"{variable}, {model}, {subject}", dpi=dpi)
     return True
+
+
+def _receptive_fields(doc: _Html, results, surface_ok: bool, dpi, data_dir) -> None:
+    """Add polar-angle, eccentricity and size maps and pRF coverage of models with RFs."""
+    from neuroenc.viz.plotting import FsaverageUnavailableError
+    from neuroenc.viz.retinotopy import (has_receptive_fields, plot_retinotopic_map,
+                                     plot_visual_field_coverage)
+
+    subject = next(iter(results))
+    ds = results[subject]
+    with_rf = [one for one in (select_model(ds, str(m)) for m in ds[MODEL_DIM].values)
+               if has_receptive_fields(one)]
+    if not with_rf:
+        return
+    doc.section("Receptive fields")
+    doc.note(f"Per-vertex receptive fields learnt on the training images ({subject}); "
+             "vertices whose training CV score is at most 0.05 are not drawn. Polar angle: "
+             "0 = right horizontal meridian, 90 = upper vertical meridian (colour wheel). "
+             "Coverage: each ROI's pRF centres (dots) and sizes (circles, one sigma) in the "
+             "visual field, left hemisphere orange, right blue; the square is the image.")
+    for one in with_rf:
+        model = one.attrs.get("model")
+        if surface_ok:
+            for var in ("rf_angle", "rf_eccentricity", "rf_size"):
+                try:
+                    fig = plot_retinotopic_map(one, var, dpi=dpi, data_dir=data_dir)
+                except FsaverageUnavailableError:
+                    break
+                doc.figure(fig, f"{var}, {model}, {subject}", dpi=dpi)
+        if any(str(c).startswith("roi_prf") for c in one.coords):
+            fig = plot_visual_field_coverage(one, dpi=dpi)
+            doc.figure(fig, f"pRF coverage per early visual ROI, {model}, {subject}", dpi=dpi)
 
 
 def _page(title: str, doc: _Html, run_dir: Path) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import neuroenc
 from neuroenc import hookimpl
 
-from . import backbones, datasets, mappers, metrics, recipes
+from . import backbones, datasets, fwrf, mappers, metrics, recipes
 
 __version__ = neuroenc.__version__
 
@@ -28,7 +28,7 @@ def neuroenc_image_backbones():
 
 @hookimpl
 def neuroenc_voxel_mappers():
-    return mappers.COMPONENTS
+    return mappers.COMPONENTS + fwrf.COMPONENTS
 
 
 @hookimpl

@@ -3,7 +3,9 @@
 Users of feature-extraction tools trip over two things (THINGSvision's issue tracker):
 token vs pooled outputs, and multi-layer extraction. Here both are explicit parameters:
 ``layers`` are timm ``forward_intermediates`` indices (one pass, any number of layers)
-and ``pooling`` says how each layer's (C, H, W) map becomes a vector.
+and ``pooling`` says how each layer's (C, H, W) map becomes a vector, or, with
+``pooling: map``, keeps it as a (C, H, W) map (average-pooled down to at most
+``map_size`` x ``map_size``) for readouts that learn where to look (``fwrf``).
 """
 
 from __future__ import annotations
@@ -45,11 +47,16 @@ class TimmParams(BaseModel):
                             "whole image, whose periphery early visual cortex responds to")
     layers: list[int] = Field(default_factory=lambda: [-1], description="forward_intermediates "
                               "indices into the model's feature_info (negative: from the end)")
-    pooling: Literal["avg", "max", "grid", "cls", "all"] = Field(
+    pooling: Literal["avg", "max", "grid", "cls", "all", "map"] = Field(
         "avg", description="avg / max over space, 'grid' = average over a grid_size x grid_size "
         "grid then flatten (keeps coarse retinotopy), 'cls' = class token (ViTs), 'all' = every "
-        "token / position as (batch, n_tokens, channels), for trainable heads")
+        "token / position as (batch, n_tokens, channels), for trainable heads, 'map' = each "
+        "layer's (channels, height, width) map at its own resolution (at most map_size per "
+        "side), for spatial readouts such as fwrf")
     grid_size: int = Field(2, ge=1)
+    map_size: int | None = Field(16, ge=1, description="pooling 'map': average-pool maps larger "
+                                 "than map_size x map_size down to it (bounds the cache); None "
+                                 "keeps every layer at its native resolution")
 
     # Checked when the registry is validated, so that a typo fails `neuroenc validate`
     # with its YAML path instead of `neuroenc run` after the data are read.
@@ -194,7 +201,8 @@ class TimmBackbone:
         self.preprocess = timm.data.create_transform(**cfg, is_training=False)
 
     def forward_features(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Return ``{layer: (batch, dim)}`` pooled features of every requested layer."""
+        """Return ``{layer: (batch, dim)}`` pooled features of every requested layer
+        (``pooling: map``: ``{layer: (batch, channels, height, width)}``)."""
         cls = self.params.pooling == "cls"
         kwargs = {"return_prefix_tokens": True} if cls else {}
         outs = self.module.forward_intermediates(batch, indices=self.indices,
@@ -207,6 +215,8 @@ class TimmBackbone:
             return out[1][:, 0]
         if pooling == "all":  # (B, C, H, W) -> (B, H*W, C); a (B, L, C) sequence as it is
             return out.flatten(2).transpose(1, 2) if out.ndim == 4 else out
+        if pooling == "map":
+            return self._map(out)
         if out.ndim == 3:  # (B, L, C) token sequence
             return out.mean(1) if pooling != "max" else out.amax(1)
         if pooling == "avg":
@@ -217,6 +227,19 @@ class TimmBackbone:
 
         g = self.params.grid_size
         return torch.nn.functional.adaptive_avg_pool2d(out, g).flatten(1)
+
+    def _map(self, out) -> torch.Tensor:
+        """Return a (B, C, H, W) map, average-pooled to at most map_size per side."""
+        import torch
+
+        if out.ndim != 4:
+            raise ValueError(f"pooling 'map' needs (batch, channels, height, width) feature maps, "
+                             f"but {self.params.model_name!r} returned shape {tuple(out.shape)}")
+        size = self.params.map_size
+        if size is not None and (out.shape[2] > size or out.shape[3] > size):
+            out = torch.nn.functional.adaptive_avg_pool2d(
+                out, (min(out.shape[2], size), min(out.shape[3], size)))
+        return out
 
     def identity(self) -> dict:
         import timm
@@ -241,6 +264,8 @@ class TimmBackbone:
             "layers": self.layer_names,
             "pooling": self.params.pooling,
             "grid_size": self.params.grid_size if self.params.pooling == "grid" else None,
+            # only for 'map', so that the keys of existing cache entries stay the same
+            **({"map_size": self.params.map_size} if self.params.pooling == "map" else {}),
         }
 
 
@@ -268,5 +293,5 @@ def _is_vit_like(model_name: str) -> bool:
 
 COMPONENTS = [
     Component("timm", lambda params, context: TimmBackbone(params), TimmParams,
-              "any timm model; several layers via forward_intermediates; avg/max/grid/cls pooling"),
+              "any timm model; several layers via forward_intermediates; avg/max/grid/cls pooling or maps"),
 ]

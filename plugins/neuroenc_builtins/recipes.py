@@ -27,26 +27,53 @@ class FrozenFeaturesModel:
         self._features: dict[tuple[str, str], np.ndarray] = {}
 
     def features(self, data, split: str) -> np.ndarray:
-        """Return the concatenated layer features of a split, shape (n_images, n_features)."""
+        """Return the concatenated layer features of a split, shape (n_images, n_features).
+
+        For a mapper that ``takes_feature_maps`` (``fwrf``): ``{layer: (n_images, C, H, W)}``,
+        each layer's memory-mapped maps as cached, not concatenated.
+        """
         if (data.subject, split) in self._features:  # fit and predict both need the train split
             return self._features[data.subject, split]
         images = data.train_images if split == "train" else data.test_images
         layers = extract_features(self.backbone, images, self.context,
                                   description=f"{data.subject} {split} features")
-        features = np.concatenate([np.asarray(f, dtype=np.float32) for f in layers.values()], axis=1)
+        if self._maps:
+            features = dict(layers)
+        else:
+            features = np.concatenate([np.asarray(f, dtype=np.float32) for f in layers.values()],
+                                      axis=1)
         self._features[data.subject, split] = features
         return features
 
+    @property
+    def _maps(self) -> bool:
+        return bool(getattr(self.mapper, "takes_feature_maps", False))
+
     def fit(self, data, train_index: np.ndarray) -> None:
-        features = self.features(data, "train")[train_index]
         responses = data.responses("train")[train_index]
+        if self._maps:  # rows instead of a copy of the (memory-mapped) maps
+            self.mapper.fit(self.features(data, "train"), responses, rows=train_index,
+                            visual_field_deg=data.metadata.get("visual_field_deg"))
+            return
+        features = self.features(data, "train")[train_index]
         self.mapper.fit(features, responses)
 
     def predict(self, data, split: str, index: np.ndarray | None = None) -> np.ndarray:
         features = self.features(data, split)
+        if self._maps:
+            return np.asarray(self.mapper.predict(features, rows=index), dtype=np.float32)
         if index is not None:
             features = features[index]
         return np.asarray(self.mapper.predict(features), dtype=np.float32)
+
+    def vertex_maps(self) -> dict[str, np.ndarray]:
+        """Return the mapper's per-vertex quantities learnt from the training data, if any."""
+        maps = getattr(self.mapper, "vertex_maps", None)
+        return dict(maps()) if maps is not None else {}
+
+    @property
+    def vertex_map_units(self) -> dict[str, str]:
+        return dict(getattr(self.mapper, "vertex_map_units", None) or {})
 
 
 COMPONENTS = [
