@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 __all__ = [
     "RF_VARIABLES",
     "ANGLE_CMAP",
-    "visual_field_deg",
     "polar_coordinates",
     "circular_correlation",
     "plot_retinotopic_map",
@@ -52,15 +51,6 @@ _MAP_LABELS = {"rf_angle": "polar angle", "rf_eccentricity": "eccentricity",
 # Vertices whose training-set CV score of the fwrf fit is below this are not drawn by
 # default: their field is a guess.
 DEFAULT_MIN_CV_SCORE = 0.05
-
-
-def visual_field_deg(data) -> float | None:
-    """Return how many degrees of visual angle a dataset's images span, or None.
-
-    Reads ``data.metadata["visual_field_deg"]`` (:mod:`neuroenc.data.subject`).
-    """
-    value = (getattr(data, "metadata", None) or {}).get("visual_field_deg")
-    return float(value) if value is not None else None
 
 
 def polar_coordinates(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
