@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import yaml
-from test_folder_dataset import write_volume_dataset
+from test_folder_dataset import run_toy_registry, write_volume_dataset
 from typer.testing import CliRunner
 
-from neuroenc.core.config import load_registry, resolve_registry
-from neuroenc.core.plugins import PluginManager
-from neuroenc.core.runner import run_registry
 from neuroenc.evaluation import metrics
 from neuroenc.evaluation.compare import compare_run, paired_comparison
 
@@ -79,23 +75,11 @@ def test_compare_command_on_a_run(tmp_path):
     write_volume_dataset(root)
     backbone = {"name": "timm", "model_name": "resnet18", "pretrained": False, "image_size": 32,
                 "pooling": "grid"}
-    registry = {
-        "name": "toy", "seed": 0,
-        "dataset": {"kind": "folder", "root": str(root), "subjects": "all"},
-        "models": {"deep": {"recipe": "frozen-features", "backbone": {**backbone, "layers": [0, 1]},
-                            "mapper": {"name": "ridge", "n_folds": 3}},
-                   "coarse": {"recipe": "frozen-features",
-                              "backbone": {**backbone, "layers": [4], "pooling": "avg"},
-                              "mapper": {"name": "ridge", "n_folds": 3}}},
-        "evaluation": {"split": "auto", "metrics": ["pearson", "r2", "noise_normalized"]},
-        "compute": {"device": "cpu", "cache_dir": str(tmp_path / "cache")},
-        "output": {"dir": str(tmp_path / "results")},
-    }
-    path = tmp_path / "registry.yaml"
-    path.write_text(yaml.safe_dump(registry))
-    manager = PluginManager(strict=True)
-    result = run_registry(resolve_registry(load_registry(path), manager), manager,
-                          show_progress=False, log=lambda message: None)
+    result = run_toy_registry(root, tmp_path, {
+        "deep": {"recipe": "frozen-features", "backbone": {**backbone, "layers": [0, 1]},
+                 "mapper": {"name": "ridge", "n_folds": 3}},
+        "coarse": {"recipe": "frozen-features", "backbone": {**backbone, "layers": [4], "pooling": "avg"},
+                   "mapper": {"name": "ridge", "n_folds": 3}}})
 
     table = compare_run(result.run_dir, "deep", "coarse", n_boot=100)
     assert table.attrs["variable"] == "noise_normalized"

@@ -73,6 +73,23 @@ def write_volume_dataset(root: Path, *, seed: int = 0, subject: str = "sub-01") 
     return {"ijk": ijk, "labels": labels, "test_trials": test_trials, "n_units": n_units}
 
 
+def run_toy_registry(root: Path, tmp_path: Path, models: dict):
+    """Run ``models`` on the folder dataset at ``root`` (every subject); return the RunResult."""
+    registry = {
+        "name": "toy", "seed": 0,
+        "dataset": {"kind": "folder", "root": str(root), "subjects": "all"},
+        "models": models,
+        "evaluation": {"split": "auto", "metrics": ["pearson", "r2", "noise_normalized"]},
+        "compute": {"device": "cpu", "cache_dir": str(tmp_path / "cache")},
+        "output": {"dir": str(tmp_path / "results")},
+    }
+    path = tmp_path / "registry.yaml"
+    path.write_text(yaml.safe_dump(registry))
+    manager = PluginManager(strict=True)
+    return run_registry(resolve_registry(load_registry(path), manager), manager,
+                        show_progress=False, log=lambda message: None)
+
+
 @pytest.fixture()
 def volume(tmp_path):
     truth = write_volume_dataset(tmp_path / "study")
@@ -122,23 +139,10 @@ def test_noise_ceiling_from_trials_is_nsd_formula(volume):
 
 def test_runs_ridge_end_to_end_in_volume_space(volume, tmp_path):
     root, truth = volume
-    registry = {
-        "name": "toy", "seed": 0,
-        "dataset": {"kind": "folder", "root": str(root), "subjects": ["sub-01"]},
-        "models": {"ridge": {"recipe": "frozen-features",
-                             "backbone": {"name": "timm", "model_name": "resnet18",
-                                          "pretrained": False, "image_size": 32,
-                                          "layers": [0, 1], "pooling": "grid"},
-                             "mapper": {"name": "ridge", "n_folds": 3}}},
-        "evaluation": {"split": "auto", "metrics": ["pearson", "r2", "noise_normalized"]},
-        "compute": {"device": "cpu", "cache_dir": str(tmp_path / "cache")},
-        "output": {"dir": str(tmp_path / "results")},
-    }
-    path = tmp_path / "registry.yaml"
-    path.write_text(yaml.safe_dump(registry))
-    manager = PluginManager(strict=True)
-    result = run_registry(resolve_registry(load_registry(path), manager), manager,
-                          show_progress=False, log=lambda message: None)
+    backbone = {"name": "timm", "model_name": "resnet18", "pretrained": False, "image_size": 32,
+                "layers": [0, 1], "pooling": "grid"}
+    result = run_toy_registry(root, tmp_path, {"ridge": {
+        "recipe": "frozen-features", "backbone": backbone, "mapper": {"name": "ridge", "n_folds": 3}}})
     ds = read_netcdf(result.run_dir / "models" / "ridge" / "sub-01" / "scores.nc")
     assert ds.sizes["vertex"] == truth["n_units"]
     assert {"voxel_i", "voxel_j", "voxel_k", "mni_x", "roi_visual"} <= set(ds.coords)
