@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from neuroenc.models.ridge import DEFAULT_ALPHAS, _eigh, solve_ridge_cv
+from neuroenc.models.ridge._solvers import DEFAULT_ALPHAS, _eigh, solve_ridge_cv
 
 __all__ = [
     "FwrfResult",
