@@ -363,14 +363,15 @@ def dataset_roi_order(source: xr.Dataset | pd.DataFrame | Mapping) -> list[str]:
     return [name for names in order.values() for name in names]
 
 
-def roi_order(names: Iterable[str], known: Iterable[str] | xr.Dataset | pd.DataFrame = ()) -> list[str]:
+def roi_order(names: Iterable[str],
+              known: Iterable[str] | xr.Dataset | xr.DataArray | pd.DataFrame = ()) -> list[str]:
     """Return ROI names sorted by a known order (e.g. V1v, V1d, V2v ...), unknown ones last.
 
     Results keep ROI names, not label numbers, so tables and plots would otherwise show
     ROIs in the order their first vertex happens to appear. ``known`` is a sequence of
-    names or a result / table whose :func:`dataset_roi_order` is used.
+    names or a result (Dataset or DataArray) / table whose :func:`dataset_roi_order` is used.
     """
-    if isinstance(known, (xr.Dataset, pd.DataFrame)):
+    if isinstance(known, (xr.Dataset, xr.DataArray, pd.DataFrame)):
         known = dataset_roi_order(known)
     rank = {name: i for i, name in enumerate(known)}
     names = list(dict.fromkeys(names))
