@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from neuroenc.ridge import DEFAULT_ALPHAS, _eigh, solve_ridge_cv
+from neuroenc.ridge import DEFAULT_ALPHAS, _check_finite, _eigh, solve_ridge_cv
 
 __all__ = [
     "FwrfResult",
@@ -211,7 +211,7 @@ def _transform(x: torch.Tensor, transform: str) -> torch.Tensor:
     if transform == "none":
         return x
     if transform == "relu":
-        return x.clamp_(min=0) if not x.requires_grad else x.clamp(min=0)
+        return x.clamp_(min=0)
     if transform == "abs":
         return x.abs_()
     if transform == "square":
@@ -349,8 +349,8 @@ def solve_fwrf(
     """
     layers = _check_maps(maps)
     n_fit = layers[0].shape[0] if rows is None else len(rows)
-    Y = np.asarray(responses) if not isinstance(responses, np.memmap) else responses
-    Y, alphas, exponents = _check(Y, n_fit, alphas, exponents, cv, transform)
+    Y, alphas, exponents = _check(np.asarray(responses), n_fit, alphas, exponents, cv, transform)
+    _check_finite("responses", Y)
     candidates = candidate_grid() if candidates is None else np.asarray(candidates, np.float64)
     if candidates.ndim != 2 or candidates.shape[1] != 3 or np.any(candidates[:, 2] <= 0):
         raise ValueError(f"fwrf: candidates have shape {candidates.shape}; expected "
@@ -461,8 +461,8 @@ def _gcv_batch(X, mean, scale, Y, alphas, c0, exponent, n_folds, device, dtype, 
         improved = top > best_score[cols]
         if not improved.any():
             continue
-        idx = _update(improved, k_local, a_index, top, cols, c0, exponent, alphas,
-                      best_score, best_cand, best_alpha, best_exp)
+        _update(improved, k_local, a_index, top, cols, c0, exponent, alphas,
+                best_score, best_cand, best_alpha, best_exp)
         local = np.flatnonzero(improved)
         for k in np.unique(k_local[improved]):
             sel = local[k_local[local] == k]
@@ -473,7 +473,6 @@ def _gcv_batch(X, mean, scale, Y, alphas, c0, exponent, n_folds, device, dtype, 
             b = torch.as_tensor(y_mean[cols[sel]], device=device) - mean[k] @ w
             coef[:, cols[sel]] = w.cpu().numpy()
             intercept[cols[sel]] = b.cpu().numpy()
-        del idx
 
 
 def _kfold_batch(X, mean, scale, Y, alphas, c0, exponent, n_folds, device, dtype, batch,
