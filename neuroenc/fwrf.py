@@ -439,27 +439,31 @@ def _gcv_batch(X, mean, scale, Y, alphas, c0, exponent, n_folds, device, dtype, 
     factor = (1.0 - dof / n) ** 2  # (K, a)
     inv = torch.where(keep[:, None, :], 1.0 / denom, torch.zeros_like(denom)).to(work)
     Vw = V.to(work)
-    # Z = V^T X^T y = (X V)^T y: with X V formed once per candidate (X-side, 2 n p^2), each
-    # vertex costs one product of 2 n p flops instead of 2 n p + 2 p^2.
-    Wt = torch.matmul(X.double(), V).to(work).transpose(1, 2).contiguous()  # (K, p, n)
+    weight_t = weight.transpose(1, 2).contiguous()  # (K, p, a)
+    factor_w = factor.to(work)
+    # Z = V^T X^T y = (X V)^T y. With X V of every candidate side by side (n, K p), formed
+    # once per batch of candidates (X-side, 2 n p^2 each), all candidates' coordinates of
+    # a batch of vertices are one GEMM, 2 n p flops per (candidate, vertex) pair; the
+    # result is laid out (vertex, candidate, component), so that the weights of a vertex
+    # are read from contiguous rows.
+    W_all = torch.matmul(X.double(), V).to(work).permute(1, 0, 2).reshape(n, n_cand * p)
+    n_alphas = len(alphas)
     for t0 in range(0, Y.shape[1], batch):
         cols = np.arange(t0, min(t0 + batch, Y.shape[1]))
         yb = torch.as_tensor(np.asarray(Y[:, t0:t0 + len(cols)]), device=device).to(torch.float64)
         yb = yb - yb.mean(dim=0)
         ss = (yb * yb).sum(dim=0)  # (t,)
-        yw = yb.to(work)
-        Z = torch.matmul(Wt, yw)  # (K, p, t)
-        resid = ss.to(work)[None, None, :] - torch.bmm(weight, Z * Z)  # (K, a, t)
+        Z = (yb.to(work).T @ W_all).reshape(len(cols), n_cand, p)  # (t, K, p)
+        resid = ss.to(work)[None, :, None] - torch.bmm((Z * Z).transpose(0, 1), weight_t)
         ss_safe = torch.where(ss > 0, ss, torch.ones_like(ss)).to(work)
-        scores = 1.0 - resid / (ss_safe[None, None, :] * factor.to(work)[:, :, None])
-        scores = torch.where(factor.to(work)[:, :, None] > 0, scores,
-                             torch.full_like(scores, -torch.inf))
-        scores = torch.where((ss > 0)[None, None, :], scores, torch.zeros_like(scores))
-        flat = scores.reshape(n_cand * len(alphas), -1)
-        top, arg = flat.max(dim=0)  # first maximum: earliest candidate, then alpha
+        scores = 1.0 - resid / (ss_safe[None, :, None] * factor_w[:, None, :])  # (K, t, a)
+        scores = torch.where(factor_w[:, None, :] > 0, scores, torch.full_like(scores, -torch.inf))
+        scores = torch.where((ss > 0)[None, :, None], scores, torch.zeros_like(scores))
+        flat = scores.transpose(0, 1).reshape(len(cols), n_cand * n_alphas)
+        top, arg = flat.max(dim=1)  # first maximum: earliest candidate, then alpha
         top = top.double().cpu().numpy()
         arg = arg.cpu().numpy()
-        k_local, a_index = np.divmod(arg, len(alphas))
+        k_local, a_index = np.divmod(arg, n_alphas)
         improved = top > best_score[cols]
         if not improved.any():
             continue
@@ -469,11 +473,11 @@ def _gcv_batch(X, mean, scale, Y, alphas, c0, exponent, n_folds, device, dtype, 
         for k in np.unique(k_local[improved]):
             sel = local[k_local[local] == k]
             sel_t = torch.as_tensor(sel, device=device)
-            # coef = V diag(1 / (lambda + alpha_v)) Z_v on standardised features
-            u = inv[k][torch.as_tensor(a_index[sel], device=device)].T * Z[k][:, sel_t]
-            w = (Vw[k] @ u).double() / scale[k][:, None]  # raw feature space
-            b = torch.as_tensor(y_mean[cols[sel]], device=device) - mean[k] @ w
-            coef[:, cols[sel]] = w.cpu().numpy()
+            # coef = V diag(1 / (lambda + alpha_v)) Z_v on standardised features, (m, p)
+            u = inv[k][torch.as_tensor(a_index[sel], device=device)] * Z[sel_t, k]
+            w = (u @ Vw[k].T).double() / scale[k][None, :]  # raw feature space
+            b = torch.as_tensor(y_mean[cols[sel]], device=device) - w @ mean[k]
+            coef[:, cols[sel]] = w.T.cpu().numpy()
             intercept[cols[sel]] = b.cpu().numpy()
 
 
