@@ -163,3 +163,51 @@ def test_errors_name_what_was_expected():
         solve_fwrf(make_maps(10), np.zeros((9, 2)))
     with pytest.raises(ValueError, match="unknown transform"):
         solve_fwrf(make_maps(10), np.zeros((10, 2)), transform="log")
+
+
+def test_frozen_features_hands_maps_to_fwrf_and_refuses_mismatches(manager, tmp_path, monkeypatch):
+    """The recipe passes the layers' maps (not a concatenation) with the training rows to a
+    mapper that takes maps, and says what is wrong when backbone and mapper disagree."""
+    from types import SimpleNamespace
+
+    import neuroenc_builtins.recipes as recipes
+    from neuroenc.core.context import RunContext
+
+    maps = make_maps(30)
+    vectors = {"a": np.zeros((30, 5), np.float32)}
+    served = {}
+    monkeypatch.setattr(recipes, "extract_features", lambda *a, **k: served["layers"])
+    context = RunContext(manager=manager, cache_dir=tmp_path, show_progress=False)
+    backbone = {"name": "timm", "model_name": "resnet18", "pretrained": False, "image_size": 32,
+                "pooling": "map"}
+    rng = np.random.default_rng(0)
+    responses = rng.standard_normal((30, 3)).astype(np.float32)
+    data = SimpleNamespace(subject="subj01", train_images=[None] * 30, test_images=[],
+                           root=tmp_path, responses=lambda split: responses)
+    fwrf = {"name": "fwrf", "n_sizes": 1, "min_size": 0.3, "max_size": 0.3, "spacing": 4.0}
+    model = context.build("recipe", {"name": "frozen-features", "backbone": backbone,
+                                     "mapper": fwrf})
+    served["layers"] = maps
+    train = np.arange(2, 28)
+    model.fit(data, train)
+    direct = solve_fwrf({k: v[train] for k, v in maps.items()}, responses[train],
+                        model.mapper.candidates, fwrf_alphas())
+    np.testing.assert_array_equal(model.mapper.result.best_candidate, direct.best_candidate)
+    np.testing.assert_allclose(model.predict(data, "train", np.arange(5)),
+                               predict_fwrf(maps, direct, rows=np.arange(5)), rtol=1e-4, atol=1e-5)
+    assert set(model.vertex_maps()) >= {"rf_x", "rf_y", "rf_size", "rf_angle", "rf_eccentricity"}
+    assert model.vertex_map_units["rf_x"] == "image fraction"  # no visual field known here
+    with pytest.raises(ValueError, match="needs feature maps"):
+        served["layers"] = vectors
+        context.build("recipe", {"name": "frozen-features", "backbone": backbone,
+                                 "mapper": fwrf}).fit(data, train)
+    with pytest.raises(ValueError, match="takes vectors"):
+        served["layers"] = maps
+        context.build("recipe", {"name": "frozen-features", "backbone": backbone,
+                                 "mapper": "ridge"}).fit(data, train)
+
+
+def fwrf_alphas():
+    from neuroenc_builtins.fwrf import FwrfParams
+
+    return np.asarray(FwrfParams().alphas)

@@ -46,6 +46,18 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=1)
 
 
+def _model_with_fields(ds) -> str | None:
+    """Return the one model of a stacked result that has receptive fields, else None."""
+    from neuroenc.evaluation.analysis import MODEL_DIM, select_model
+    from neuroenc.viz.retinotopy import has_receptive_fields
+
+    if MODEL_DIM not in ds.dims:
+        return None
+    names = [str(m) for m in ds[MODEL_DIM].values
+             if has_receptive_fields(select_model(ds, str(m)))]
+    return names[0] if len(names) == 1 else None
+
+
 def _default_out(kind: str, parts: list[str | None], suffix: str = ".png") -> Path:
     name = "_".join(p.replace("/", "-").replace("@", "-").replace("=", "-") for p in parts if p)
     return Path(f"{kind}_{name}{suffix}")
@@ -115,7 +127,7 @@ def plot(
             elif variable in RETINOTOPIC_VARIABLES and not diverging:
                 # polar angle, eccentricity, pRF size: conventional colour maps (cyclic with a
                 # colour wheel for angle), ROI outlines of the early visual areas by default
-                one = select_model(ds, name)
+                one = select_model(ds, name or _model_with_fields(ds))
                 target = out or _default_out("surface", [one.attrs["model"], subject_id, variable])
                 plot_retinotopic_map(one, variable, views=views if view else
                                      ("medial", "ventral", "posterior"),
@@ -139,7 +151,7 @@ def plot(
                                      cmap=cmap, vmin=vmin, vmax=vmax, threshold=threshold)
                         console.print(f"wrote {page}")
         elif kind is Kind.coverage:
-            one = select_model(ds, models[0] if models else None)
+            one = select_model(ds, models[0] if models else _model_with_fields(ds))
             chosen_class = roi_class or "prf-visualrois"
             target = out or _default_out("coverage", [one.attrs["model"], subject_id, chosen_class])
             plot_visual_field_coverage(one, roi_class=chosen_class, dpi=dpi, out=target)

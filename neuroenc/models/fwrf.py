@@ -25,8 +25,8 @@ Two ways to score a candidate (``cv``):
 * ``"gcv"`` (default): generalised cross-validation (Golub, Heath & Wahba 1979) from one
   eigendecomposition of each candidate's Gram matrix. Every alpha's score is a weighted
   sum of the squared eigen-coordinates of the responses, so a (candidate, vertex) pair
-  costs two small GEMM columns (``X^T y``, then ``V^T`` of it: ``2 n p + 2 p^2`` flops)
-  whatever the number of alphas. Candidates are processed in batches: their Gram
+  costs one GEMM column (``(X V)^T y``, ``2 n p`` flops, with ``X V`` formed once per
+  candidate) whatever the number of alphas. Candidates are processed in batches: their Gram
   matrices and eigendecompositions are batched calls (float64), and their response
   products are batched GEMMs (float32) over batches of vertices. Weights are computed
   only for the vertices a candidate improves.
@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from neuroenc.models.ridge._solvers import DEFAULT_ALPHAS, _eigh, solve_ridge_cv
+from neuroenc.models.ridge._solvers import DEFAULT_ALPHAS, _check_finite, _eigh, solve_ridge_cv
 
 __all__ = [
     "FwrfResult",
@@ -211,7 +211,7 @@ def _transform(x: torch.Tensor, transform: str) -> torch.Tensor:
     if transform == "none":
         return x
     if transform == "relu":
-        return x.clamp_(min=0) if not x.requires_grad else x.clamp(min=0)
+        return x.clamp_(min=0)
     if transform == "abs":
         return x.abs_()
     if transform == "square":
@@ -349,8 +349,8 @@ def solve_fwrf(
     """
     layers = _check_maps(maps)
     n_fit = layers[0].shape[0] if rows is None else len(rows)
-    Y = np.asarray(responses) if not isinstance(responses, np.memmap) else responses
-    Y, alphas, exponents = _check(Y, n_fit, alphas, exponents, cv, transform)
+    Y, alphas, exponents = _check(np.asarray(responses), n_fit, alphas, exponents, cv, transform)
+    _check_finite("responses", Y)
     candidates = candidate_grid() if candidates is None else np.asarray(candidates, np.float64)
     if candidates.ndim != 2 or candidates.shape[1] != 3 or np.any(candidates[:, 2] <= 0):
         raise ValueError(f"fwrf: candidates have shape {candidates.shape}; expected "
@@ -439,41 +439,46 @@ def _gcv_batch(X, mean, scale, Y, alphas, c0, exponent, n_folds, device, dtype, 
     factor = (1.0 - dof / n) ** 2  # (K, a)
     inv = torch.where(keep[:, None, :], 1.0 / denom, torch.zeros_like(denom)).to(work)
     Vw = V.to(work)
-    Xt = X.transpose(1, 2).contiguous()  # (K, p, n)
+    weight_t = weight.transpose(1, 2).contiguous()  # (K, p, a)
+    factor_w = factor.to(work)
+    # Z = V^T X^T y = (X V)^T y. With X V of every candidate side by side (n, K p), formed
+    # once per batch of candidates (X-side, 2 n p^2 each), all candidates' coordinates of
+    # a batch of vertices are one GEMM, 2 n p flops per (candidate, vertex) pair; the
+    # result is laid out (vertex, candidate, component), so that the weights of a vertex
+    # are read from contiguous rows.
+    W_all = torch.matmul(X.double(), V).to(work).permute(1, 0, 2).reshape(n, n_cand * p)
+    n_alphas = len(alphas)
     for t0 in range(0, Y.shape[1], batch):
         cols = np.arange(t0, min(t0 + batch, Y.shape[1]))
         yb = torch.as_tensor(np.asarray(Y[:, t0:t0 + len(cols)]), device=device).to(torch.float64)
         yb = yb - yb.mean(dim=0)
         ss = (yb * yb).sum(dim=0)  # (t,)
-        yw = yb.to(work)
-        Z = torch.matmul(Vw.transpose(1, 2), torch.matmul(Xt, yw))  # (K, p, t)
-        resid = ss.to(work)[None, None, :] - torch.bmm(weight, Z * Z)  # (K, a, t)
+        Z = (yb.to(work).T @ W_all).reshape(len(cols), n_cand, p)  # (t, K, p)
+        resid = ss.to(work)[None, :, None] - torch.bmm((Z * Z).transpose(0, 1), weight_t)
         ss_safe = torch.where(ss > 0, ss, torch.ones_like(ss)).to(work)
-        scores = 1.0 - resid / (ss_safe[None, None, :] * factor.to(work)[:, :, None])
-        scores = torch.where(factor.to(work)[:, :, None] > 0, scores,
-                             torch.full_like(scores, -torch.inf))
-        scores = torch.where((ss > 0)[None, None, :], scores, torch.zeros_like(scores))
-        flat = scores.reshape(n_cand * len(alphas), -1)
-        top, arg = flat.max(dim=0)  # first maximum: earliest candidate, then alpha
+        scores = 1.0 - resid / (ss_safe[None, :, None] * factor_w[:, None, :])  # (K, t, a)
+        scores = torch.where(factor_w[:, None, :] > 0, scores, torch.full_like(scores, -torch.inf))
+        scores = torch.where((ss > 0)[None, :, None], scores, torch.zeros_like(scores))
+        flat = scores.transpose(0, 1).reshape(len(cols), n_cand * n_alphas)
+        top, arg = flat.max(dim=1)  # first maximum: earliest candidate, then alpha
         top = top.double().cpu().numpy()
         arg = arg.cpu().numpy()
-        k_local, a_index = np.divmod(arg, len(alphas))
+        k_local, a_index = np.divmod(arg, n_alphas)
         improved = top > best_score[cols]
         if not improved.any():
             continue
-        idx = _update(improved, k_local, a_index, top, cols, c0, exponent, alphas,
-                      best_score, best_cand, best_alpha, best_exp)
+        _update(improved, k_local, a_index, top, cols, c0, exponent, alphas,
+                best_score, best_cand, best_alpha, best_exp)
         local = np.flatnonzero(improved)
         for k in np.unique(k_local[improved]):
             sel = local[k_local[local] == k]
             sel_t = torch.as_tensor(sel, device=device)
-            # coef = V diag(1 / (lambda + alpha_v)) Z_v on standardised features
-            u = inv[k][torch.as_tensor(a_index[sel], device=device)].T * Z[k][:, sel_t]
-            w = (Vw[k] @ u).double() / scale[k][:, None]  # raw feature space
-            b = torch.as_tensor(y_mean[cols[sel]], device=device) - mean[k] @ w
-            coef[:, cols[sel]] = w.cpu().numpy()
+            # coef = V diag(1 / (lambda + alpha_v)) Z_v on standardised features, (m, p)
+            u = inv[k][torch.as_tensor(a_index[sel], device=device)] * Z[sel_t, k]
+            w = (u @ Vw[k].T).double() / scale[k][None, :]  # raw feature space
+            b = torch.as_tensor(y_mean[cols[sel]], device=device) - w @ mean[k]
+            coef[:, cols[sel]] = w.T.cpu().numpy()
             intercept[cols[sel]] = b.cpu().numpy()
-        del idx
 
 
 def _kfold_batch(X, mean, scale, Y, alphas, c0, exponent, n_folds, device, dtype, batch,

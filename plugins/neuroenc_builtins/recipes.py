@@ -37,6 +37,16 @@ class FrozenFeaturesModel:
         images = data.train_images if split == "train" else data.test_images
         layers = extract_features(self.backbone, images, self.context,
                                   description=f"{data.subject} {split} features")
+        shapes = {name: tuple(f.shape[1:]) for name, f in layers.items()}
+        is_map = [len(shape) == 3 for shape in shapes.values()]
+        if self._maps and not all(is_map):
+            raise ValueError(f"the {type(self.mapper).__name__} mapper needs feature maps "
+                             f"(channels, height, width) per layer, but the backbone gave "
+                             f"{shapes}; use a backbone with pooling: map")
+        if not self._maps and any(is_map):
+            raise ValueError(f"the backbone gives feature maps {shapes} (pooling: map), but "
+                             f"the {type(self.mapper).__name__} mapper takes vectors; use "
+                             "pooling avg / grid, or the fwrf mapper")
         if self._maps:
             features = dict(layers)
         else:
