@@ -6,6 +6,8 @@ Folder of one run (``<output.dir>/<name>/<timestamp>/``)::
     environment.json         versions, seed, device, platform, plugins, timings
     models/<model>/<subject>/scores.nc        per-vertex metrics (xarray, netCDF4)
     models/<model>/<subject>/predictions.nc   predictions of the scored images
+    models/<model>/<subject>/encoder/         the fitted encoder (neuroenc.core.encoders)
+    encoders.json                             what was saved, per part (or why not)
     submission/<model>/<subject>/{lh,rh}_pred_test.npy   challenge submission layout
     summary.csv, summary.txt                  per model, subject and ROI
     models/<model>/<subject>/complete.json    written last for each part, then
@@ -36,6 +38,7 @@ import yaml
 from neuroenc.core.cache import atomic_path, write_json_atomic
 from neuroenc.core.config import Registry, default_cache_dir
 from neuroenc.core.context import RunContext, resolve_device, seed_everything
+from neuroenc.core.encoders import save_part_encoder, write_encoder_manifest
 from neuroenc.data.subject import DatasetError
 from neuroenc.stimuli.images import require_valid_images
 from neuroenc.interfaces import Prediction
@@ -264,6 +267,11 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
             if test_predictions is not None:
                 export_submission(test_predictions, data.unit_blocks(),
                                   run_dir / "submission" / model_name / subject)
+            if registry.output.save_encoders:
+                save_part_encoder(model, folder, model_name=model_name, subject=subject,
+                                  recipe=variant.recipe, params=variant.params, vertex_coords=coords,
+                                  attrs=data.result_attrs(), seed=registry.seed,
+                                  dtype=registry.output.encoder_dtype)
             mark_complete(folder)  # last: a folder without it is a killed or failed part
             results.append(ds)
             if variant.point:
@@ -290,6 +298,8 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
     environment["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     environment["finished"] = _dt.datetime.now().isoformat(timespec="seconds")
     write_json_atomic(run_dir / "environment.json", environment)
+    if registry.output.save_encoders:
+        write_encoder_manifest(run_dir, [(v.name, s) for s in subjects for v in registry.variants()])
     mark_complete(run_dir)
     _point_latest(run_dir)
     return RunResult(run_dir=run_dir, summary=summary, timings=timings, sweep=sweep_table)
