@@ -258,6 +258,10 @@ from neuroenc.cli.analysis import register  # noqa: E402  (plot and report comma
 
 register(app)
 
+from neuroenc.cli.predict import register as register_predict  # noqa: E402
+
+register_predict(app)
+
 
 def main() -> None:  # pragma: no cover - console entry point
     app()

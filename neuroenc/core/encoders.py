@@ -309,6 +309,20 @@ def _collect_images(images) -> _Images:
     return _Images([p.name for p in paths], paths, None)
 
 
+@dataclass
+class PredictionSummary:
+    """What :meth:`Encoder.predict_to_file` keeps in memory: per image, only ROI means."""
+
+    names: list[str]
+    paths: list[Path] | None
+    mean_map: np.ndarray                  # (n_vertices,): mean prediction over all images
+    roi_means: dict[str, np.ndarray]      # {roi: (n_images,)}
+
+    def ranking(self, roi: str) -> np.ndarray:
+        """Return image indices from the most to the least driving of ``roi``."""
+        return np.argsort(-self.roi_means[roi], kind="stable")
+
+
 class Encoder:
     """A fitted encoding model of one subject, loaded from a run folder.
 
@@ -407,6 +421,52 @@ class Encoder:
                 start += n
                 if progress is not None:
                     progress(n)
+
+    def predict_to_file(self, images, out: str | Path, *, batch_size: int | None = None,
+                        rois: Sequence[str] = (), progress=None) -> PredictionSummary:
+        """Write predictions (image, vertex) to netCDF ``out`` batch by batch; return a summary.
+
+        Only one batch of predictions is in memory at a time, so any number of images
+        fits. The file is the Dataset :meth:`predict` would give (variable ``predicted``,
+        the vertex coordinates, ``image`` and ``path`` along ``image``); it is written as
+        a temporary sibling and renamed when complete. The summary holds the mean over
+        all images per vertex and, for each of ``rois``, the ROI mean of every image.
+        """
+        import h5netcdf
+        import xarray as xr
+
+        from neuroenc.evaluation.results import NETCDF_ENGINE
+
+        collected = _collect_images(images)
+        n = len(collected.names)
+        masks = {roi: self.roi_mask(roi) for roi in rois}
+        coords = {k: ("vertex", v.values) for k, v in self.vertices.coords.items()}
+        coords["image"] = ("image", np.asarray(collected.names, dtype=str))
+        if collected.paths is not None:
+            coords["path"] = ("image", np.asarray([str(p) for p in collected.paths], dtype=str))
+        skeleton = xr.Dataset(coords=coords, attrs={"model": self.model, "subject": self.subject,
+                                                    "encoder": str(self.folder)})
+        roi_means = {roi: np.empty(n, np.float32) for roi in rois}
+        total = np.zeros(self.n_vertices, np.float64)
+        source = collected.paths if collected.paths is not None else collected.pil
+        out = Path(out)
+        with atomic_path(out) as tmp:
+            skeleton.to_netcdf(tmp, engine=NETCDF_ENGINE)
+            with h5netcdf.File(tmp, "a") as fh:
+                var = fh.create_variable("predicted", ("image", "vertex"), "f4",
+                                         chunks=(max(1, min(n, 64)), self.n_vertices))
+                var.attrs["coordinates"] = " ".join(k for k in coords if k != "image")
+                row = 0
+                for _, values in self.iter_predict(source, batch_size=batch_size, progress=progress):
+                    k = values.shape[0]
+                    var[row:row + k] = values
+                    total += values.sum(axis=0)
+                    for roi, mask in masks.items():
+                        roi_means[roi][row:row + k] = values[:, mask].mean(axis=1)
+                    row += k
+        return PredictionSummary(names=collected.names, paths=collected.paths,
+                                 mean_map=(total / max(n, 1)).astype(np.float32),
+                                 roi_means=roi_means)
 
     def predict(self, images, *, batch_size: int | None = None) -> xr.DataArray:
         """Return predicted responses, a DataArray of dims (image, vertex).
