@@ -227,3 +227,39 @@ def test_predict_command_on_a_folder_of_pngs(run, small_demo_root, tmp_path):
                               "-o", str(tmp_path / "x.nc"), "--roi", "FFA1", "--no-progress"])
     assert bad.exit_code == 1 and "did you mean 'FFA-1'" in bad.output
     assert not (tmp_path / "x.nc").exists()
+
+
+def test_a_trained_llm_vem_encoder_with_a_fine_tuned_backbone_round_trips(manager, small_demo_root,
+                                                                           tmp_path):
+    from neuroenc.core.context import RunContext, seed_everything
+    from neuroenc.core.encoders import save_part_encoder
+    from neuroenc_builtins.algonauts import read_subject
+
+    data = read_subject(small_demo_root, "subj01")
+    params = {"backbone": {"name": "eva02", "model_name": "eva02_tiny_patch14_224",
+                           "pretrained": False, "image_size": 28, "layers": [0, 1],
+                           "model_kwargs": {"depth": 2}},
+              "mapper": {"name": "pca-head", "n_components": 16, "low_rank": 32},
+              "alignment": None, "validation_fraction": 0.2,
+              "stages": [{"name": "head", "train": ["head"], "epochs": 1, "lr": 3e-3,
+                          "warmup_epochs": 0},
+                         {"name": "tune", "train": ["head", "backbone.blocks.*.attn.*"],
+                          "epochs": 1, "lr": 1e-3, "warmup_epochs": 0}]}
+    ctx = RunContext(manager=manager, cache_dir=tmp_path / "cache", seed=7, batch_size=16,
+                     show_progress=False)
+    seed_everything(7)
+    model = ctx.build("recipe", {"name": "llm-vem", **params})
+    model.fit(data, np.arange(len(data.train_images)))
+    expected = model.predict(data, "test")
+    part = tmp_path / "run" / "models" / "llm" / "subj01"
+    entry = save_part_encoder(model, part, model_name="llm", subject="subj01", recipe="llm-vem",
+                              params=params, vertex_coords=data.vertex_coords(),
+                              attrs=data.result_attrs(), seed=7)
+    assert entry["saved"], entry
+    from safetensors.numpy import load_file
+
+    arrays = load_file(str(part / "encoder" / "arrays.safetensors"))
+    tuned = [n for n in arrays if n.startswith("backbone.")]
+    assert tuned and all(".attn." in n for n in tuned)  # only what the stages trained
+    enc = load_encoder(tmp_path / "run", "llm", 1, manager=manager, cache_dir=tmp_path / "c2")
+    np.testing.assert_allclose(enc.predict(data.test_images).values, expected, atol=1e-4)

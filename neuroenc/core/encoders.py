@@ -615,13 +615,18 @@ def load_encoder(run_dir: str | Path, model: str, subject: str | int, *, device:
     except RuntimeError as exc:
         raise EncoderError(f"{record_file}: the backbone could not be built: {exc}") from None
     if saved_backbone:
-        _check_backbone(record_file, saved_backbone, predictor.backbone)
+        _check_backbone(record_file, saved_backbone, predictor.backbone,
+                        getattr(predictor, "base_weights_sha256", None))
     predictor.backbone.module.to(device).eval()
     return Encoder(folder, record, predictor, vertices, device, batch_size)
 
 
-def _check_backbone(record_file: Path, saved: dict, backbone) -> None:
+def _check_backbone(record_file: Path, saved: dict, backbone, base_digest: str | None) -> None:
+    """Raise unless ``backbone`` is the saved one. ``base_digest``: the weights' digest before
+    a predictor loaded trained backbone parameters into it (else the weights as they are)."""
     now = backbone_record(saved["config"], backbone)
+    if base_digest is not None:
+        now["weights_sha256"] = base_digest
     if saved.get("checkpoint_sha256") and now["checkpoint_sha256"] != saved["checkpoint_sha256"]:
         path = (now["identity"].get("checkpoint") or {}).get("path")
         raise EncoderError(
