@@ -44,6 +44,8 @@ def predict(
     plot: Annotated[bool, typer.Option("--plot", help="also draw the mean predicted map on "
                                        "the surface (or in the volume)")] = False,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    num_workers: Annotated[int, typer.Option(min=0, help="DataLoader processes decoding "
+                                             "the images")] = 0,
     device: Annotated[str, typer.Option(help="torch device")] = "cpu",
     checkpoint: Annotated[Optional[Path], typer.Option(
         help="the backbone's weights file, where the run's is not on this machine")] = None,
@@ -61,7 +63,7 @@ def predict(
 
     try:
         encoder = load_encoder(run_dir, model, subject, device=resolve_device(device),
-                               batch_size=batch_size,
+                               batch_size=batch_size, num_workers=num_workers,
                                checkpoint_path=str(checkpoint) if checkpoint else None)
         for name in roi or ():
             encoder.roi_mask(name)  # an unknown ROI fails before any image is read

@@ -331,7 +331,7 @@ class Encoder:
     """
 
     def __init__(self, folder: Path, record: dict, predictor: ImagePredictor,
-                 vertices: xr.Dataset, device: str, batch_size: int):
+                 vertices: xr.Dataset, device: str, batch_size: int, num_workers: int = 0):
         self.folder = folder
         self.record = record
         self.model = record["model"]
@@ -341,6 +341,7 @@ class Encoder:
         self.vertices = vertices
         self.device = device
         self.batch_size = batch_size
+        self.num_workers = num_workers
 
     def __repr__(self) -> str:
         return (f"Encoder({self.model!r}, {self.subject!r}, {self.n_vertices} vertices, "
@@ -396,6 +397,7 @@ class Encoder:
         if collected.paths is not None:
             loader = torch.utils.data.DataLoader(ImageFolderDataset(collected.paths, preprocess),
                                                  batch_size=batch_size, shuffle=False,
+                                                 num_workers=self.num_workers,
                                                  pin_memory=device.type == "cuda")
         else:
             pil = collected.pil
@@ -454,7 +456,9 @@ class Encoder:
             skeleton.to_netcdf(tmp, engine=NETCDF_ENGINE)
             with h5netcdf.File(tmp, "a") as fh:
                 var = fh.create_variable("predicted", ("image", "vertex"), "f4",
-                                         chunks=(max(1, min(n, 64)), self.n_vertices))
+                                         # one chunk per batch: writes never split a chunk
+                                         chunks=(max(1, min(n, batch_size or self.batch_size)),
+                                                 self.n_vertices))
                 var.attrs["coordinates"] = " ".join(k for k in coords if k != "image")
                 row = 0
                 for _, values in self.iter_predict(source, batch_size=batch_size, progress=progress):
@@ -537,7 +541,7 @@ def resolve_part(run_dir: Path, model: str, subject: str) -> tuple[str, str]:
 
 
 def load_encoder(run_dir: str | Path, model: str, subject: str | int, *, device: str = "cpu",
-                 batch_size: int = 32, checkpoint_path: str | None = None,
+                 batch_size: int = 32, num_workers: int = 0, checkpoint_path: str | None = None,
                  cache_dir: str | Path | None = None, manager=None) -> Encoder:
     """Return the fitted encoder of ``model`` on ``subject`` saved in a run folder.
 
@@ -547,6 +551,7 @@ def load_encoder(run_dir: str | Path, model: str, subject: str | int, *, device:
     model : the model's name in the run (a sweep point: ``name@path=value``)
     subject : the subject's folder name (``subj01``) or number (``1``)
     device : torch device for the backbone and readout
+    batch_size, num_workers : images per batch; DataLoader processes decoding image files
     checkpoint_path : a local file with the backbone's weights, where the saved config's
         file is not on this machine (the file's content must be the same)
     manager : a :class:`neuroenc.core.plugins.PluginManager` (default: the installed plugins
@@ -618,7 +623,7 @@ def load_encoder(run_dir: str | Path, model: str, subject: str | int, *, device:
         _check_backbone(record_file, saved_backbone, predictor.backbone,
                         getattr(predictor, "base_weights_sha256", None))
     predictor.backbone.module.to(device).eval()
-    return Encoder(folder, record, predictor, vertices, device, batch_size)
+    return Encoder(folder, record, predictor, vertices, device, batch_size, num_workers)
 
 
 def _check_backbone(record_file: Path, saved: dict, backbone, base_digest: str | None) -> None:
