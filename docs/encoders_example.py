@@ -117,6 +117,15 @@ def main() -> None:
           f"({100 * (content.face > 0).mean():.0f}% of all unseen images do)")
     print(f"wrote {FIGURES / 'insilico_ffa_top.png'}")
 
+    # What the demo generator put there (docs/demo-data.md): each ROI's true preferences.
+    truth_vertices = [np.load(root / "demo_ground_truth" / f"subj01_{h}.npz") for h in ("lh", "rh")]
+    names = list(truth_vertices[0]["categories"])
+    preference = np.concatenate([t["category_preference"] for t in truth_vertices])
+    for roi in ROIS:
+        mask = enc.roi_mask(roi)
+        true = {label: preference[mask, names.index(cat)].mean() for cat, label in CATEGORIES.items()}
+        print(f"{roi}: ground-truth preference " + ", ".join(f"{k} {v:.2f}" for k, v in true.items()))
+
 
 if __name__ == "__main__":
     main()

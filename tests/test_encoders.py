@@ -207,7 +207,7 @@ def test_predict_command_on_a_folder_of_pngs(run, small_demo_root, tmp_path):
     out = tmp_path / "out" / "pred.nc"
     result = runner.invoke(app, ["predict", str(run_dir), str(folder), "--model", "ridge",
                                  "--subject", "1", "-o", str(out), "--roi", "FFA-1", "--top", "3",
-                                 "--batch-size", "3", "--no-progress"])
+                                 "--batch-size", "3", "--plot", "--no-progress"])
     assert result.exit_code == 0, result.output
     ds = read_netcdf(out)
     enc = load_encoder(run_dir, "ridge", 1)
@@ -223,6 +223,8 @@ def test_predict_command_on_a_folder_of_pngs(run, small_demo_root, tmp_path):
     assert ranking.image[0] in result.output and ranking.image.iloc[-1] in result.output
     with Image.open(tmp_path / "out" / "pred_FFA-1_top3.png") as sheet:
         assert sheet.width > 3 * 100 and sheet.height > 2 * 100
+    with Image.open(tmp_path / "out" / "pred_mean_map.png") as surface:
+        assert surface.width > 400
     bad = runner.invoke(app, ["predict", str(run_dir), str(folder), "-m", "ridge", "-s", "1",
                               "-o", str(tmp_path / "x.nc"), "--roi", "FFA1", "--no-progress"])
     assert bad.exit_code == 1 and "did you mean 'FFA-1'" in bad.output
