@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from neuroenc.core.cache import atomic_path, file_sha256, write_json_atomic
+from neuroenc.core.cache import atomic_dir, atomic_path, file_sha256, write_json_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -171,8 +171,9 @@ def save_encoder(model, folder: str | Path, *, model_name: str, subject: str, re
 
     A recipe without ``state()``, or whose ``state()`` raises :class:`EncoderNotSavable`,
     is not saved: the entry says ``saved: false`` and why, and nothing is written.
-    ``dtype='float16'`` halves the floating-point arrays (predictions then differ by
-    about 1e-3 relative).
+    ``dtype='float16'`` halves the weight matrices (arrays of 2 or more dimensions; the
+    rest stays float32); predictions then differ by about 1e-3 relative. The folder is
+    built as a temporary sibling and renamed into place, so it is whole or absent.
     """
     from safetensors.numpy import save as safetensors_bytes
 
@@ -210,11 +211,12 @@ def save_encoder(model, folder: str | Path, *, model_name: str, subject: str, re
         "meta": json.loads(json.dumps(meta, default=str)),
     }
     payload = safetensors_bytes(stored, metadata={"format": str(ENCODER_FORMAT)})
-    with atomic_path(folder / "arrays.safetensors") as tmp:
-        tmp.write_bytes(payload)
-    write_netcdf(result_dataset(model=model_name, subject=subject, vertex_coords=vertex_coords,
-                                scores={}, noise_ceiling=None, attrs=attrs), folder / "vertices.nc")
-    write_json_atomic(folder / "encoder.json", record)  # last: its presence means complete
+    with atomic_dir(folder) as tmp:
+        with atomic_path(tmp / "arrays.safetensors") as file:
+            file.write_bytes(payload)
+        write_netcdf(result_dataset(model=model_name, subject=subject, vertex_coords=vertex_coords,
+                                    scores={}, noise_ceiling=None, attrs=attrs), tmp / "vertices.nc")
+        write_json_atomic(tmp / "encoder.json", record)
     size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
     entry.update(saved=True, path=folder.as_posix(), size_bytes=size,
                  backbone=(meta.get("backbone") or {}).get("config"), dtype=dtype)
