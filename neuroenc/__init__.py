@@ -22,3 +22,12 @@ __all__ += ["hookimpl", "Component", "NoParams", "Slot"]
 from neuroenc import _moved  # noqa: E402
 
 _moved.install()  # 0.1 module paths keep importing (docs/changelog.md)
+
+
+def __getattr__(name: str):
+    # load_encoder imports torch; keep `import neuroenc` light for plugin discovery.
+    if name == "load_encoder":
+        from neuroenc.core.encoders import load_encoder
+
+        return load_encoder
+    raise AttributeError(f"module 'neuroenc' has no attribute {name!r}")

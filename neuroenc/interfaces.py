@@ -124,6 +124,12 @@ class EncodingModel(Protocol):
         Maps computed from the runner's per-vertex scores of the prediction and its
         parts (``{'r2': ..., 'r2_image': ...}``), e.g. variance partitions. A recipe
         never sees the measured responses of the scored images.
+    ``state() -> (dict[str, ndarray], dict)`` and classmethod ``from_state(params, context,
+    arrays, meta)``
+        Save the fitted model into the run folder and rebuild an image predictor from it
+        (:mod:`neuroenc.core.encoders`, docs/encoders.md). ``state`` may raise
+        ``EncoderNotSavable(why)``; a ``not_saved_reason`` attribute explains a recipe
+        without ``state``.
     """
 
     def fit(self, data: SubjectData, train_index: np.ndarray) -> None:

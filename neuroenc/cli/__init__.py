@@ -62,11 +62,30 @@ def _load(registry_file: Path, strict: bool, block: list[str] | None, *, load_pl
     return registry, manager
 
 
+def _split(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
 @app.command()
 def run(
-    registry_file: Annotated[Path, typer.Argument(help="experiment file, e.g. registry.yaml")] = Path("registry.yaml"),
+    registry_file: Annotated[Optional[Path], typer.Argument(
+        help="experiment file (default registry.yaml)")] = None,
     device: Annotated[Optional[str], typer.Option(help="override compute.device (cpu, cuda, ...)")] = None,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    models: Annotated[Optional[str], typer.Option(
+        "--models", help="run only these models of the registry, comma-separated")] = None,
+    subjects: Annotated[Optional[str], typer.Option(
+        "--subjects", help="run only these subjects, comma-separated (1,2 or subj01)")] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", help="override output.dir (the results folder)")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(
+        "--cache-dir", help="override compute.cache_dir")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="print the plan (models x subjects x sweep points, feature sets and "
+        "whether they are cached) and exit; reads the dataset, fits nothing")] = False,
+    resume: Annotated[Optional[Path], typer.Option(
+        "--resume", help="finish an interrupted run in its folder: complete parts are kept, "
+        "the others redone (with the registry it was started with)")] = None,
     strict: Strict = False,
     block: Block = None,
 ) -> None:
@@ -74,16 +93,41 @@ def run(
     from neuroenc.data.subject import DatasetError
     from neuroenc.core.runner import run_registry
 
-    registry, manager = _load(registry_file, strict, block)
+    if resume is not None:
+        if registry_file is not None or models or subjects or output or cache_dir:
+            _fail(ValueError("--resume RUN_DIR finishes that run with the registry it was started "
+                             "with; it takes no REGISTRY_FILE, --models, --subjects, --output or "
+                             "--cache-dir"))
+        registry, manager = _load_run(resume, strict, block)
+    else:
+        registry, manager = _load(registry_file or Path("registry.yaml"), strict, block)
+    if models or subjects or output or cache_dir:
+        from neuroenc.core.config import RegistryError
+        from neuroenc.core.plan import narrow_registry
+
+        try:
+            registry = narrow_registry(registry, models=_split(models), subjects=_split(subjects),
+                                       output=output, cache_dir=cache_dir)
+        except RegistryError as exc:
+            _fail(exc)
     if device is not None:
         registry.compute.device = device
+    if dry_run:
+        from neuroenc.core.plan import format_plan, plan_run
+
+        try:
+            console.print(format_plan(registry, plan_run(registry, manager)), highlight=False,
+                          soft_wrap=True, markup=False)
+        except (DatasetError, OSError, RuntimeError, ValueError) as exc:
+            _fail(exc)
+        return
     if not progress:  # also silence the bars of Hugging Face downloads and weight loading
         import os
 
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers reads it too
     try:
         result = run_registry(registry, manager, show_progress=progress,
-                              log=lambda msg: console.print(msg, highlight=False))
+                              log=lambda msg: console.print(msg, highlight=False), resume=resume)
     except (DatasetError, OSError, RuntimeError, ValueError) as exc:
         _fail(exc)
     console.print()
@@ -125,6 +169,20 @@ def _print_summary(summary) -> None:
     console.print(f"challenge-style mean {variable} over all vertices of all subjects:")
     for model, value in challenge_means(summary).items():
         console.print(f"  {model}: [bold]{value:.2f}[/]")
+
+
+def _load_run(run_dir: Path, strict: bool, block: list[str] | None):
+    """Return the registry and plugin manager of a run folder (for --resume)."""
+    from neuroenc.core.config import RegistryError, resolve_registry
+    from neuroenc.core.plan import registry_of_run
+    from neuroenc.core.plugins import PluginError
+
+    manager = _manager(strict, block)
+    try:
+        registry = resolve_registry(registry_of_run(run_dir), manager)
+    except (RegistryError, PluginError) as exc:
+        _fail(exc)
+    return registry, manager
 
 
 @app.command()
@@ -258,6 +316,10 @@ def demo_data(
 from neuroenc.cli.analysis import register  # noqa: E402  (plot and report commands)
 
 register(app)
+
+from neuroenc.cli.predict import register as register_predict  # noqa: E402
+
+register_predict(app)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -129,6 +129,10 @@ class ComputeConfig(_Strict):
 
 class OutputConfig(_Strict):
     dir: Path = Field(Path("results"), description="results folder, relative to the registry file")
+    save_encoders: bool = Field(True, description="save every fitted encoder in the run folder "
+                                "(docs/encoders.md)")
+    encoder_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="precision of saved encoder weights; float16 halves their size")
 
 
 class ModelConfig(BaseModel):

@@ -6,6 +6,8 @@ Folder of one run (``<output.dir>/<name>/<timestamp>/``)::
     environment.json         versions, seed, device, platform, plugins, timings
     models/<model>/<subject>/scores.nc        per-vertex metrics (xarray, netCDF4)
     models/<model>/<subject>/predictions.nc   predictions of the scored images
+    models/<model>/<subject>/encoder/         the fitted encoder (neuroenc.core.encoders)
+    encoders.json                             what was saved, per part (or why not)
     submission/<model>/<subject>/{lh,rh}_pred_test.npy   challenge submission layout
     summary.csv, summary.txt                  per model, subject and ROI
     models/<model>/<subject>/complete.json    written last for each part, then
@@ -36,6 +38,7 @@ import yaml
 from neuroenc.core.cache import atomic_path, write_json_atomic
 from neuroenc.core.config import Registry, default_cache_dir
 from neuroenc.core.context import RunContext, resolve_device, seed_everything
+from neuroenc.core.encoders import save_part_encoder, write_encoder_manifest
 from neuroenc.data.subject import DatasetError
 from neuroenc.stimuli.images import require_valid_images
 from neuroenc.interfaces import Prediction
@@ -158,10 +161,13 @@ def _evaluation_split(registry: Registry, data, seed: int) -> tuple[str, np.ndar
 
 
 def run_registry(registry: Registry, manager: PluginManager, *, show_progress: bool = True,
-                 log=print) -> RunResult:
+                 log=print, resume: Path | None = None) -> RunResult:
     """Run every model of a resolved registry on every chosen subject; return the result.
 
     ``registry`` must have passed :func:`neuroenc.core.config.resolve_registry` with ``manager``.
+    ``resume``: a run folder of this registry (killed or failed) to finish in place: its
+    complete parts (checked by :func:`neuroenc.core.plan.part_problem`) are kept, the
+    others are redone; the summary covers all of them.
     """
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -174,10 +180,14 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
                          base_dir=registry.base_dir)
 
     sweep_leftovers(cache_dir, registry.resolve_path(registry.output.dir) / registry.name)
-    run_dir = _new_run_dir(registry)
-    config = registry.model_dump(mode="json")
-    with atomic_path(run_dir / "config.yaml") as tmp:
-        tmp.write_text(yaml.safe_dump(config, sort_keys=False))
+    if resume is None:
+        run_dir = _new_run_dir(registry)
+        config = registry.model_dump(mode="json")
+        with atomic_path(run_dir / "config.yaml") as tmp:
+            tmp.write_text(yaml.safe_dump(config, sort_keys=False))
+    else:
+        run_dir = Path(resume).resolve()
+        previous = read_environment(run_dir)
     environment = {
         "versions": package_versions(),
         "neuroenc_git_commit": _git_commit(),
@@ -190,8 +200,11 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
         "plugins": {name: manager._versions.get(name, "") for name in manager.plugin_names()},
         "started": _dt.datetime.now().isoformat(timespec="seconds"),
     }
+    if resume is not None:  # the registry it was started with, and when
+        environment.update(registry=previous.get("registry"), started=previous.get("started"),
+                           resumed=[*previous.get("resumed", []), environment["started"]])
     write_json_atomic(run_dir / "environment.json", environment)
-    log(f"run folder: {run_dir}")
+    log(f"{'resuming' if resume is not None else 'run folder'}: {run_dir}")
 
     t0 = time.perf_counter()
     reader = context.build("dataset", {"name": registry.dataset.kind, **registry.dataset.params})
@@ -229,6 +242,16 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
         for variant in registry.variants():
             model_name = variant.name
             t0 = time.perf_counter()
+            folder = run_dir / "models" / model_name / subject
+            if resume is not None:
+                kept = _kept_part(folder, model_name, subject, measured.shape,
+                                  run_dir / "submission" / model_name / subject
+                                  if data.test_images else None, registry, log)
+                if kept is not None:
+                    results.append(kept)
+                    if variant.point:
+                        sweeps.setdefault(variant.base, []).append((variant.point, kept))
+                    continue
             seed_everything(registry.seed)
             model = context.build("recipe", {"name": variant.recipe, **variant.params})
             model.fit(data, train_index)
@@ -240,7 +263,6 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
                     raise ValueError(f"model {model_name!r} predicted shape {values.shape} "
                                      f"({part_name}) for {subject}, expected {measured.shape}")
             scores = _score(model_name, model, metrics, measured, predicted, parts, noise_ceiling)
-            folder = run_dir / "models" / model_name / subject
             ds = result_dataset(
                 model=model_name, subject=subject, vertex_coords=coords, scores=scores,
                 noise_ceiling=noise_ceiling,
@@ -266,6 +288,11 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
             if test_predictions is not None:
                 export_submission(test_predictions, data.unit_blocks(),
                                   run_dir / "submission" / model_name / subject)
+            if registry.output.save_encoders:
+                save_part_encoder(model, folder, model_name=model_name, subject=subject,
+                                  recipe=variant.recipe, params=variant.params, vertex_coords=coords,
+                                  attrs=data.result_attrs(), seed=registry.seed,
+                                  dtype=registry.output.encoder_dtype)
             mark_complete(folder)  # last: a folder without it is a killed or failed part
             results.append(ds)
             if variant.point:
@@ -292,9 +319,33 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
     environment["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     environment["finished"] = _dt.datetime.now().isoformat(timespec="seconds")
     write_json_atomic(run_dir / "environment.json", environment)
+    if registry.output.save_encoders:
+        write_encoder_manifest(run_dir, [(v.name, s) for s in subjects for v in registry.variants()])
     mark_complete(run_dir)
     _point_latest(run_dir)
     return RunResult(run_dir=run_dir, summary=summary, timings=timings, sweep=sweep_table)
+
+
+def _kept_part(folder: Path, model: str, subject: str, shape: tuple[int, int],
+               submission: Path | None, registry: Registry, log):
+    """Return a resumed run's finished part (its scores), or None after clearing it to redo."""
+    import shutil
+
+    from neuroenc.core.plan import part_problem
+    from neuroenc.evaluation.results import read_netcdf
+
+    problem = part_problem(folder, model=model, subject=subject, n_vertices=shape[1],
+                           n_scored=shape[0], submission=submission,
+                           save_encoders=registry.output.save_encoders)
+    if problem is None:
+        log(f"{subject} {model}: kept (complete)")
+        return read_netcdf(folder / "scores.nc")
+    if folder.exists():
+        log(f"{subject} {model}: redone ({problem})")
+        shutil.rmtree(folder)
+    if submission is not None and submission.exists():
+        shutil.rmtree(submission)
+    return None
 
 
 def _unpack(output) -> tuple[np.ndarray, dict[str, np.ndarray]]:

@@ -373,6 +373,10 @@ class DevkitModel:
     matrix here: the mapper reads row chunks, so memory stays at what PCA needs.
     """
 
+    #: Shown in the run's encoders.json (neuroenc.core.encoders): nothing is saved for it.
+    not_saved_reason = ("not saved yet: the devkit's scikit-learn pipeline (StandardScaler -> PCA "
+                        "-> LinearRegression) has no state(); frozen-features and llm-vem are saved")
+
     def __init__(self, params: DevkitParams, context):
         self.context = context
         self.backbone = context.build("image_backbone", params.backbone)

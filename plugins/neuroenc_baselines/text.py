@@ -270,6 +270,10 @@ class TextRidgeParams(BaseModel):
 class TextRidgeModel:
     """Caption embeddings -> voxel mapper (per-vertex ridge by default). No image pixels."""
 
+    #: Shown in the run's encoders.json (neuroenc.core.encoders): nothing is saved for it.
+    not_saved_reason = ("not saved: predicting new images needs captions of the new images "
+                        "(a captioner run on them), which saved encoders do not do yet")
+
     def __init__(self, params: TextRidgeParams, context):
         self.context = context
         self.captioner = context.build("captioner", params.captioner)
@@ -319,6 +323,8 @@ class VariancePartitioningModel:
     The maps listed in the module docstring come from :meth:`derived_scores` and
     :meth:`vertex_maps`; the runner stores them in the results.
     """
+
+    not_saved_reason = TextRidgeModel.not_saved_reason  # its text band needs captions too
 
     def __init__(self, params: VariancePartitioningParams, context):
         self.params = params

@@ -21,6 +21,7 @@ class FrozenFeaturesModel:
     """Features of a frozen backbone (cached) -> a voxel mapper fitted per subject."""
 
     def __init__(self, params: FrozenFeaturesParams, context):
+        self.params = params
         self.context = context
         self.backbone = context.build("image_backbone", params.backbone)
         self.mapper = context.build("voxel_mapper", params.mapper)
@@ -84,6 +85,31 @@ class FrozenFeaturesModel:
     @property
     def vertex_map_units(self) -> dict[str, str]:
         return dict(getattr(self.mapper, "vertex_map_units", None) or {})
+    # A saved encoder (neuroenc.core.encoders): the mapper's linear weights; the backbone is
+    # rebuilt from its config and checked against the digest of its weights.
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """Return the fitted readout's arrays and what identifies the backbone."""
+        from neuroenc.core.encoders import EncoderNotSavable, backbone_record
+
+        coef, intercept = getattr(self.mapper, "coef_", None), getattr(self.mapper, "intercept_", None)
+        if coef is None or intercept is None:
+            raise EncoderNotSavable(f"voxel mapper {self.params.mapper.name!r} has no linear "
+                                    "weights (coef_, intercept_) to save")
+        arrays = {"coef": coef, "intercept": intercept}
+        for name, attr in (("best_alphas", "best_alphas_"), ("x_mean", "x_mean_"),
+                           ("x_scale", "x_scale_")):
+            if getattr(self.mapper, attr, None) is not None:
+                arrays[name] = np.asarray(getattr(self.mapper, attr))
+        return arrays, {"readout": "linear",
+                        "backbone": backbone_record(self.params.backbone, self.backbone)}
+
+    @classmethod
+    def from_state(cls, params: FrozenFeaturesParams, context, arrays: dict, meta: dict):
+        """Return an image predictor rebuilt from :meth:`state` (the backbone from its config)."""
+        from neuroenc.core.encoders import LinearReadout
+
+        backbone = context.build("image_backbone", params.backbone)
+        return LinearReadout(backbone, arrays["coef"], arrays["intercept"], device=context.device)
 
 
 COMPONENTS = [

@@ -141,6 +141,12 @@ class PCAHead:
                                       self.context.seed)
         return PCAHeadModule(layer_shapes, components, mean, self.params)
 
+    def empty_module(self, layer_shapes: Sequence[Sequence[int]], n_components: int,
+                     n_vertices: int) -> PCAHeadModule:
+        """Return a head of the given shape with a zero PCA layer (to load a saved state into)."""
+        return PCAHeadModule(layer_shapes, np.zeros((n_components, n_vertices), np.float32),
+                             np.zeros(n_vertices, np.float32), self.params)
+
     # -- VoxelMapper protocol: fitted on its own on frozen features --------------------
     def fit(self, features: np.ndarray, responses: np.ndarray) -> PCAHead:
         """Train the head by AdamW on MSE; features (n_images, n_features)."""

@@ -200,6 +200,9 @@ class LLMVEMModel:
         # alignment, so lambda = 0 trains exactly the model without alignment.
         seed_everything(ctx.seed)
         self.backbone = ctx.build("image_backbone", p.backbone)
+        from neuroenc.core.encoders import backbone_record
+
+        self._backbone_record = backbone_record(p.backbone, self.backbone)  # before any training
         mapper = ctx.build("voxel_mapper", p.mapper)
         if not hasattr(mapper, "build_module"):
             raise ValueError(f"llm-vem: voxel mapper {p.mapper.name!r} cannot be trained end to "
@@ -408,6 +411,66 @@ class LLMVEMModel:
         index = np.arange(n) if index is None else np.asarray(index)
         backbone_trained = any(self._trains_backbone(s) for s in self.params.stages)
         return self._predict_index(data, split, index, use_cache=not backbone_trained)
+
+    # -- a saved encoder (neuroenc.core.encoders) ---------------------------------------
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """Return the trained head and trained backbone parameters, and the backbone's record."""
+        return _state(self)
+
+    @classmethod
+    def from_state(cls, params: LLMVEMParams, context, arrays: dict, meta: dict):
+        """Return an image predictor rebuilt from :meth:`state`."""
+        return _from_state(params, context, arrays, meta)
+
+
+class _SavedNet:
+    """A saved llm-vem encoder rebuilt: backbone (with its trained parameters) -> head."""
+
+    def __init__(self, backbone, head: nn.Module, base_weights_sha256: str):
+        self.backbone = backbone
+        self.head = head
+        self.base_weights_sha256 = base_weights_sha256  # of the backbone as built, untrained
+
+    def predict_features(self, features):
+        return self.head(list(features.values()))[0]
+
+
+def _state(model: LLMVEMModel) -> tuple[dict[str, np.ndarray], dict]:
+    """The trained head, and the backbone parameters the stages trained (the rest is rebuilt)."""
+    from neuroenc.core.encoders import EncoderNotSavable
+
+    if model.net is None:
+        raise EncoderNotSavable("llm-vem: the model was not fitted")
+    if not hasattr(model.net.head, "pca"):
+        raise EncoderNotSavable(f"llm-vem: head {model.params.mapper.name!r} is not a pca-head; "
+                                "only pca-head encoders are saved so far")
+    arrays = {f"head.{k}": v.detach().cpu().numpy() for k, v in model.net.head.state_dict().items()}
+    for name, param in model.net.backbone.named_parameters(prefix="backbone"):
+        if any(model._selected(name, stage) for stage in model.params.stages):
+            arrays[name] = param.detach().cpu().numpy()
+    n_vertices, k = model.net.head.pca.weight.shape
+    return arrays, {"readout": "llm-vem pca-head", "layer_shapes": [list(s) for s in model.layer_shapes],
+                    "pca_shape": [k, n_vertices], "backbone": model._backbone_record}
+
+
+def _from_state(params: LLMVEMParams, context, arrays: dict, meta: dict) -> _SavedNet:
+    from neuroenc.core.encoders import EncoderError, module_digest
+
+    backbone = context.build("image_backbone", params.backbone)
+    base = module_digest(backbone.module)
+    mapper = context.build("voxel_mapper", params.mapper)
+    k, n_vertices = meta["pca_shape"]
+    head = mapper.empty_module([tuple(s) for s in meta["layer_shapes"]], k, n_vertices)
+    head.load_state_dict({n[5:]: torch.from_numpy(v) for n, v in arrays.items() if n.startswith("head.")})
+    trained = {n[len("backbone."):]: torch.from_numpy(v) for n, v in arrays.items()
+               if n.startswith("backbone.")}
+    if trained:
+        unexpected = backbone.module.load_state_dict(trained, strict=False).unexpected_keys
+        if unexpected:
+            raise EncoderError(f"llm-vem encoder: trained backbone parameters {unexpected[:3]} "
+                               "are not in the backbone built here")
+    backbone.module.eval()
+    return _SavedNet(backbone, head.eval().to(context.device), base)
 
 
 def _blank_image():
