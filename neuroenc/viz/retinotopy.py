@@ -217,7 +217,7 @@ def plot_visual_field_coverage(ds: xr.Dataset, *, roi_class: str = "prf-visualro
     """
     from matplotlib.patches import Circle, Rectangle
 
-    from neuroenc.viz.plotting import _finish, _new_figure
+    from neuroenc.viz.plotting._common import _finish, _new_figure
     from neuroenc.evaluation.results import roi_coords
 
     for name in ("rf_x", "rf_y", "rf_size"):
