@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["atomic_path", "atomic_dir", "allocated_memmap", "entry_lock", "sweep_stale",
-           "stable_hash", "file_sha256", "file_digests", "hash_files", "hash_texts",
+           "stable_hash", "file_sha256", "file_digests", "hash_files", "hash_texts", "module_digest",
            "write_json_atomic"]
 
 
@@ -325,3 +325,21 @@ def hash_texts(texts: Iterable[str]) -> str:
     for text in texts:
         digest.update(hashlib.sha256(text.encode("utf-8")).digest())
     return digest.hexdigest()[:32]
+
+
+def module_digest(module) -> str:
+    """Return the SHA-256 of a torch module's parameters and buffers (names, shapes, values).
+
+    Independent of the device, the memory layout (channels-last) and the file the weights
+    came from, so it tells whether two backbones compute the same function.
+    """
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        value = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tuple(value.shape)}:{value.dtype}".encode())
+        if value.dtype == torch.bfloat16:  # numpy has no bfloat16
+            value = value.float()
+        digest.update(value.numpy().tobytes())
+    return digest.hexdigest()

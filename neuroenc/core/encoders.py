@@ -32,7 +32,6 @@ and ``predict_features(features) -> Tensor (batch, n_vertices)`` on the backbone
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from neuroenc.core.cache import atomic_dir, atomic_path, file_sha256, write_json_atomic
+from neuroenc.core.cache import atomic_dir, atomic_path, file_sha256, module_digest, write_json_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -77,22 +76,6 @@ class ImagePredictor(Protocol):
 # --------------------------------------------------------------------------- backbones
 
 
-def module_digest(module) -> str:
-    """Return the SHA-256 of a torch module's parameters and buffers (names, shapes, values).
-
-    Independent of the device, the memory layout (channels-last) and the file the weights
-    came from, so it tells whether two backbones compute the same function.
-    """
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        value = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}:{tuple(value.shape)}:{value.dtype}".encode())
-        if value.dtype == _torch().bfloat16:  # numpy has no bfloat16
-            value = value.float()
-        digest.update(value.numpy().tobytes())
-    return digest.hexdigest()
-
-
 def backbone_record(ref, backbone: ImageBackbone) -> dict[str, Any]:
     """Return what identifies a backbone: its registry config, identity() and weight digests.
 
@@ -109,7 +92,9 @@ def backbone_record(ref, backbone: ImageBackbone) -> dict[str, Any]:
 
 # Identity fields that differ between machines without changing the function computed:
 # the weights file's place and time (its content is checked by digest instead).
-_LOCAL_IDENTITY = {"path", "mtime_ns"}
+# The digest of random weights is compared below on its own (weights_sha256), with the
+# message that says which seed or file is needed.
+_LOCAL_IDENTITY = {"path", "mtime_ns", "random_weights_sha256"}
 
 
 def _comparable(identity: Any) -> Any:

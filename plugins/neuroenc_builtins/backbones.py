@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from neuroenc import Component
+from neuroenc.core.cache import module_digest
 
 if TYPE_CHECKING:  # torch is imported when a backbone is built, not when plugins load
     import torch
@@ -256,7 +257,7 @@ class TimmBackbone:
             "pretrained": self.params.pretrained and self.checkpoint is None,
             "checkpoint": ckpt,
             # Random weights depend on the seed they were drawn with: key them by content.
-            "random_weights_sha256": (self.weights_digest() if not self.params.pretrained
+            "random_weights_sha256": (module_digest(self.module) if not self.params.pretrained
                                       and self.checkpoint is None else None),
             "timm_version": timm.__version__,
             "data_config": {k: list(v) if isinstance(v, tuple) else v
@@ -268,20 +269,6 @@ class TimmBackbone:
             **({"map_size": self.params.map_size} if self.params.pooling == "map" else {}),
         }
 
-
-    def weights_digest(self) -> str:
-        """Return a SHA-256 of the module's parameters and buffers as they are now."""
-        import hashlib
-
-        import torch
-
-        digest = hashlib.sha256()
-        with torch.no_grad():
-            for name, tensor in self.module.state_dict().items():
-                digest.update(name.encode())
-                flat = tensor.detach().cpu().contiguous().reshape(-1)
-                digest.update(flat.view(torch.uint8).numpy().tobytes())
-        return digest.hexdigest()[:32]
 
 
 def _is_vit_like(model_name: str) -> bool:
