@@ -17,7 +17,7 @@ field (plus noise), so that the chosen fields differ across vertices:
    ``RidgeCV(alpha_per_target=True)`` (leave-one-out, its only per-target mode). Printed:
    seconds, speed-up, and the share of vertices whose chosen candidate and alpha agree.
 
-    python benchmarks/fwrf.py                 # both parts (~1-3 min on 2 cores)
+    python benchmarks/fwrf.py                 # both parts (~2-7 min on 2 shared cores)
     python benchmarks/fwrf.py --part small
     python benchmarks/fwrf.py --device cuda   # same on a GPU
 """
