@@ -68,7 +68,7 @@ def timed(fn):
 
 
 def part_ridge_ratio(args):
-    cands = candidate_grid(6, 0.04, 0.4, 2.0)  # the demo registry's grid
+    cands = candidate_grid(8, 0.04, 0.4, 1.4)  # the demo registry's grid (696 fields)
     layers = DEMO_LAYERS
     print(f"== part 1: fwrf vs one ridge fit: {args.n_images} images, {args.n_vertices} vertices, "
           f"{len(cands)} candidates, layers (channels, side) {layers}")
