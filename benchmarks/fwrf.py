@@ -17,7 +17,7 @@ field (plus noise), so that the chosen fields differ across vertices:
    ``RidgeCV(alpha_per_target=True)`` (leave-one-out, its only per-target mode). Printed:
    seconds, speed-up, and the share of vertices whose chosen candidate and alpha agree.
 
-    python benchmarks/fwrf.py                 # both parts (~1-3 min on 2 cores)
+    python benchmarks/fwrf.py                 # both parts (~2-7 min on 2 shared cores)
     python benchmarks/fwrf.py --part small
     python benchmarks/fwrf.py --device cuda   # same on a GPU
 """
@@ -68,7 +68,7 @@ def timed(fn):
 
 
 def part_ridge_ratio(args):
-    cands = candidate_grid(6, 0.04, 0.4, 2.0)  # the demo registry's grid
+    cands = candidate_grid(8, 0.04, 0.4, 1.4)  # the demo registry's grid (696 fields)
     layers = DEMO_LAYERS
     print(f"== part 1: fwrf vs one ridge fit: {args.n_images} images, {args.n_vertices} vertices, "
           f"{len(cands)} candidates, layers (channels, side) {layers}")
