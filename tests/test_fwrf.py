@@ -184,7 +184,7 @@ def test_frozen_features_hands_maps_to_fwrf_and_refuses_mismatches(manager, tmp_
                 "pooling": "map"}
     rng = np.random.default_rng(0)
     responses = rng.standard_normal((30, 3)).astype(np.float32)
-    data = SimpleNamespace(subject="subj01", train_images=[None] * 30, test_images=[],
+    data = SimpleNamespace(subject="subj01", train_images=[None] * 30, test_images=[], metadata={},
                            root=tmp_path, responses=lambda split: responses)
     fwrf = {"name": "fwrf", "n_sizes": 1, "min_size": 0.3, "max_size": 0.3, "spacing": 4.0}
     model = context.build("recipe", {"name": "frozen-features", "backbone": backbone,
