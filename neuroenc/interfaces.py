@@ -71,6 +71,15 @@ class ImageBackbone(Protocol):
 
 @runtime_checkable
 class VoxelMapper(Protocol):
+    """Maps features to every vertex's response.
+
+    Optional, used by the ``frozen-features`` recipe when present: ``vertex_maps()``
+    (per-vertex quantities learnt in ``fit``, e.g. fwrf's ``rf_x``, forwarded into the
+    results) with ``vertex_map_units`` (``{name: unit}``), and ``takes_feature_maps =
+    True`` for a mapper that wants each layer's ``(n_images, C, H, W)`` maps and the
+    training ``rows`` instead of one concatenated matrix (``fwrf``).
+    """
+
     def fit(self, features: np.ndarray, responses: np.ndarray) -> VoxelMapper:
         """Fit on features (n_images, n_features) and responses (n_images, n_vertices)."""
 
