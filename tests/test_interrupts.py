@@ -18,10 +18,11 @@ from pathlib import Path
 import forked
 import numpy as np
 import pytest
+from run_files import result_values
 from typer.testing import CliRunner
 
 from neuroenc.cli import app
-from neuroenc.evaluation.results import load_run, read_netcdf
+from neuroenc.evaluation.results import load_run
 from neuroenc.core.run_status import IncompleteRunError
 
 runner = CliRunner()
@@ -92,14 +93,6 @@ def _kill_when(proc, condition, what: str) -> None:
     pytest.fail(f"the run ended before {what}:\n{Path(proc.log).read_text()}")
 
 
-def _results(run_dir: Path) -> dict:
-    out = {}
-    for part in ("scores", "predictions"):
-        for path in sorted(run_dir.glob(f"models/*/*/{part}.nc")):
-            ds = read_netcdf(path)
-            out[path.relative_to(run_dir).as_posix()] = {k: ds[k].values for k in ds.data_vars}
-    return out
-
 
 @pytest.fixture(scope="module")
 def reference(small_demo_root, tmp_path_factory):
@@ -159,7 +152,7 @@ def test_sigkill_at_several_points_then_rerun(small_demo_root, reference, spawne
     assert _temporaries(tmp_path / "cache", tmp_path / "out") == []
     rerun = (runs / "latest").resolve()
     assert rerun not in killed
-    expected, got = _results(reference[1]), _results(rerun)
+    expected, got = result_values(reference[1]), result_values(rerun)
     assert sorted(got) == sorted(expected) and len(got) == 2
     for name, variables in expected.items():
         for var, values in variables.items():

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from run_files import result_values
 from typer.testing import CliRunner
 
 from neuroenc.cli import app
@@ -67,14 +68,6 @@ def reference(setup):
     assert result.exit_code == 0, result.output
     return (folder / "reference" / "resume" / "latest").resolve()
 
-
-def _results(run_dir: Path) -> dict:
-    out = {}
-    for part in ("scores", "predictions"):
-        for path in sorted(run_dir.glob(f"models/*/*/{part}.nc")):
-            ds = read_netcdf(path)
-            out[path.relative_to(run_dir).as_posix()] = {k: ds[k].values for k in ds.data_vars}
-    return out
 
 
 def test_models_subjects_output_and_cache_dir_narrow_and_redirect_a_run(setup, reference):
@@ -138,7 +131,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(setup, reference):
     assert {p.name: p.stat().st_mtime_ns for p in first.iterdir() if p.is_file()} == kept
     assert sorted(p.name for p in runs.iterdir() if not p.name.startswith(".")) == \
         sorted([run_dir.name, "latest"])  # finished in place
-    expected, got = _results(reference), _results(run_dir)
+    expected, got = result_values(reference), result_values(run_dir)
     assert sorted(got) == sorted(expected) and len(got) == 4
     for name, variables in expected.items():
         for var, values in variables.items():
