@@ -17,9 +17,14 @@ from .algonauts import available_subjects, read_subject, subject_id
 from .folder import FolderDataset
 
 
+def _resolve_root(root: Path, base_dir: Path) -> Path:
+    """Return a dataset root with ``$VARS`` and ``~`` expanded, relative to the registry."""
+    resolved = Path(os.path.expandvars(str(root))).expanduser()
+    return resolved if resolved.is_absolute() else Path(base_dir) / resolved
+
+
 def _absolute(path: Path, context) -> Path:
-    path = path.expanduser()
-    return path if path.is_absolute() else context.base_dir / path
+    return _resolve_root(path, context.base_dir)
 
 
 class AlgonautsParams(BaseModel):
@@ -42,8 +47,7 @@ def _check_root(root: Path, info: ValidationInfo, holding: str) -> Path:
     base_dir = (info.context or {}).get("base_dir")
     if base_dir is None:
         return root
-    resolved = Path(os.path.expandvars(str(root))).expanduser()
-    resolved = resolved if resolved.is_absolute() else Path(base_dir) / resolved
+    resolved = _resolve_root(root, base_dir)
     if not resolved.is_dir():
         raise ValueError(f"{resolved}: dataset root not found; expected a folder holding "
                          f"{holding}{_similar_folder(resolved)}")
