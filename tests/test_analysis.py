@@ -220,17 +220,23 @@ def test_roi_order_follows_the_algonauts_labels():
     assert roi_order(["hV4", "V1d", "new"]) == ["hV4", "V1d", "new"]  # no known order: as seen
 
 
-def test_leading_models_keep_the_best_point_of_each_sweep(tmp_path):
+@pytest.mark.parametrize("with_headline", [True, False])
+def test_leading_models_show_a_sweep_by_its_selected_point_never_its_test_best(tmp_path,
+                                                                                with_headline):
     from neuroenc.evaluation.results import read_netcdf
 
     folder = tmp_path / "run"
-    make_run(folder, {"plain": 30.0, "sw@x=1": 20.0, "sw@x=2": 45.0, "other": 40.0})
+    models = {"plain": 30.0, "sw@x=1": 20.0, "sw@x=2": 45.0, "other": 40.0}
+    if with_headline:
+        models["sw"] = 20.0  # validation selected x=1, though x=2 is better on test
+    make_run(folder, models)
     for model in ("sw@x=1", "sw@x=2"):  # mark the sweep points as the runner does
         for subject in ("subj01", "subj02"):
             path = folder / "models" / model / subject / "scores.nc"
             ds = read_netcdf(path)
-            ds.attrs["sweep_base"] = "sw"
+            ds.attrs.update(sweep_base="sw", sweep_point=json.dumps({"x": int(model[-1])}))
             write_netcdf(ds, path)
     from neuroenc.evaluation.analysis import leading_models
 
-    assert leading_models(load_results(folder)) == ["sw@x=2", "other", "plain"]
+    expected = ["other", "plain", "sw" if with_headline else "sw@x=1"]
+    assert leading_models(load_results(folder)) == expected

@@ -73,8 +73,11 @@ def write_volume_dataset(root: Path, *, seed: int = 0, subject: str = "sub-01") 
     return {"ijk": ijk, "labels": labels, "test_trials": test_trials, "n_units": n_units}
 
 
-def run_toy_registry(root: Path, tmp_path: Path, models: dict):
-    """Run ``models`` on the folder dataset at ``root`` (every subject); return the RunResult."""
+def run_toy_registry(root: Path, tmp_path: Path, models: dict, **overrides):
+    """Run ``models`` on the folder dataset at ``root`` (every subject); return the RunResult.
+
+    ``overrides``: top-level registry keys to replace (``evaluation={...}``, ``seed=1``).
+    """
     registry = {
         "name": "toy", "seed": 0,
         "dataset": {"kind": "folder", "root": str(root), "subjects": "all"},
@@ -82,7 +85,9 @@ def run_toy_registry(root: Path, tmp_path: Path, models: dict):
         "evaluation": {"split": "auto", "metrics": ["pearson", "r2", "noise_normalized"]},
         "compute": {"device": "cpu", "cache_dir": str(tmp_path / "cache")},
         "output": {"dir": str(tmp_path / "results")},
+        **overrides,
     }
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "registry.yaml"
     path.write_text(yaml.safe_dump(registry))
     manager = PluginManager(strict=True)

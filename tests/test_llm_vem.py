@@ -243,13 +243,13 @@ def test_a_poisoned_training_checkpoint_is_refused(manager, tmp_path, small_demo
     stages = [{"name": "head", "train": ["head"], "epochs": 1, "lr": 3e-3, "warmup_epochs": 0}]
     ctx = _context(manager, tmp_path)
     model = ctx.build("recipe", _recipe(None, stages))
-    train_index = np.arange(len(data.train_images))
-    ckpt = model._checkpoint_path(data, train_index)
+    train_index, val_index = np.arange(10, len(data.train_images)), np.arange(10)
+    ckpt = model._checkpoint_path(data, train_index, val_index)
     ckpt.parent.mkdir(parents=True)
     marker = tmp_path / "marker"
     torch.save({"complete": True, "net": _Payload(marker), "history": []}, ckpt)
     with pytest.raises(RuntimeError, match=r"refused to load this training checkpoint"):
-        model.fit(data, train_index)
+        model.fit(data, train_index, validation_index=val_index)
     assert not marker.exists()
     torch.load(ckpt, weights_only=False)  # the payload is live: the check above can fail
     assert marker.read_text() == "ran"
@@ -279,6 +279,7 @@ def test_the_training_checkpoint_key_covers_the_caption_embeddings(manager, tmp_
     captions = torch.zeros(len(train_index), 8)
     edited = captions.clone()
     edited[3, 0] = 1.0  # one caption changed
-    keys = {model._checkpoint_path(data, train_index, t) for t in (None, captions, edited)}
+    val_index = np.arange(0)
+    keys = {model._checkpoint_path(data, train_index, val_index, t) for t in (None, captions, edited)}
     assert len(keys) == 3
-    assert model._checkpoint_path(data, train_index, captions.clone()) in keys
+    assert model._checkpoint_path(data, train_index, val_index, captions.clone()) in keys

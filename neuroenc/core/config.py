@@ -33,6 +33,7 @@ __all__ = [
     "ComponentRef",
     "DatasetConfig",
     "EvaluationConfig",
+    "SelectionConfig",
     "ComputeConfig",
     "OutputConfig",
     "ModelConfig",
@@ -109,6 +110,31 @@ class EvaluationConfig(_Strict):
     metrics: list[str] = Field(default_factory=lambda: ["pearson", "r2", "noise_normalized"])
 
 
+class SelectionConfig(_Strict):
+    """How a swept model's point is chosen: on a validation part of the training images.
+
+    Every point of a sweep is fitted on the training images less a validation part (the
+    same images for every point and seed), scored on it, and the point with the best
+    validation score (averaged over seeds) becomes the model's headline result. The
+    scored split takes no part in the choice; its curve over all points is shown, labelled
+    as a test-split view.
+    """
+
+    on: Literal["validation"] = Field(
+        "validation", description="where points are compared: a validation part of the "
+        "training split (never the scored split)")
+    fraction: float = Field(0.1, gt=0, lt=1, description="share of the training images held "
+                            "out for validation (at least 2)")
+    metric: Literal["median_r2", "mean_r2", "median_pearson", "mean_pearson",
+                    "mean_pearson_squared"] = Field(
+        "median_r2", description="validation score: a statistic over vertices of a per-vertex "
+        "metric; 'mean_pearson_squared' is the challenge score without the noise ceiling")
+    refit: bool | Literal["auto"] = Field(
+        "auto", description="refit each headline model on all training images for the "
+        "challenge submission; 'auto': when the scored split is a holdout of the training "
+        "images (no test fMRI) and the dataset has test images")
+
+
 class ComputeConfig(_Strict):
     """Where and how fast things run."""
 
@@ -146,6 +172,8 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
     recipe: str
     sweep: dict[str, list[Any]] = Field(default_factory=dict)
+    replicates: int = Field(1, ge=1, description="train each point this many times with seeds "
+                            "seed, seed+1, ...: a 'seed' dimension (same as sweep: {seed: [...]})")
 
     @field_validator("sweep")
     @classmethod
@@ -155,9 +183,30 @@ class ModelConfig(BaseModel):
                 raise ValueError(f"sweep over {key!r} has no values")
         return sweep
 
+    @field_validator("sweep")
+    @classmethod
+    def _seeds(cls, sweep: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        seeds = sweep.get(SEED_KEY)
+        if seeds is not None:
+            if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+                raise ValueError(f"sweep over 'seed' takes integers, found {seeds!r}")
+            if len(set(seeds)) != len(seeds):
+                raise ValueError(f"sweep over 'seed' repeats a seed: {seeds!r}")
+        return sweep
+
+    @model_validator(mode="after")
+    def _one_way_to_replicate(self):
+        if self.replicates > 1 and SEED_KEY in self.sweep:
+            raise ValueError("give either replicates or sweep: {seed: [...]}, not both")
+        return self
+
     @property
     def params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+
+#: the sweep key that sets a point's seed instead of a recipe parameter
+SEED_KEY = "seed"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +218,12 @@ class ModelVariant:
     recipe: str
     params: dict[str, Any]         # the recipe's params with the sweep point applied
     point: dict[str, Any]          # {dotted path: value}; empty without a sweep
+    seed: int | None = None        # the point's own seed (replicates); None: the registry's
+
+    @property
+    def choice(self) -> dict[str, Any]:
+        """The point without its seed: what selection chooses between."""
+        return {k: v for k, v in self.point.items() if k != SEED_KEY}
 
 
 def set_dotted(params: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
@@ -214,18 +269,27 @@ def _format_value(value: Any) -> str:
     return json.dumps(value) if not isinstance(value, str) else value
 
 
-def expand_model(name: str, model: ModelConfig) -> list[ModelVariant]:
-    """Return the variants of one registry model: itself, or one per point of its sweep."""
-    if not model.sweep:
+def expand_model(name: str, model: ModelConfig, seed: int = 0) -> list[ModelVariant]:
+    """Return the variants of one registry model: itself, or one per point of its sweep.
+
+    ``replicates: n`` adds a last sweep dimension ``seed: [seed, ..., seed + n - 1]``
+    (``seed`` is the registry's); a ``seed`` key sets the point's seed, not a parameter.
+    """
+    sweep = dict(model.sweep)
+    if model.replicates > 1:
+        sweep[SEED_KEY] = [seed + i for i in range(model.replicates)]
+    if not sweep:
         return [ModelVariant(name, name, model.recipe, model.params, {})]
-    keys = list(model.sweep)
+    keys = list(sweep)
     variants = []
-    for values in itertools.product(*(model.sweep[k] for k in keys)):
+    for values in itertools.product(*(sweep[k] for k in keys)):
         params = model.params
         for key, value in zip(keys, values):
-            params = set_dotted(params, key, value)
+            if key != SEED_KEY:
+                params = set_dotted(params, key, value)
         point = dict(zip(keys, values))
-        variants.append(ModelVariant(variant_name(name, point), name, model.recipe, params, point))
+        variants.append(ModelVariant(variant_name(name, point), name, model.recipe, params, point,
+                                     point.get(SEED_KEY)))
     return variants
 
 
@@ -247,6 +311,7 @@ class Registry(_Strict):
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     models: dict[str, ModelConfig] = Field(..., min_length=1)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
@@ -255,7 +320,8 @@ class Registry(_Strict):
 
     def variants(self) -> list[ModelVariant]:
         """Return every model to run, sweeps expanded, in registry order."""
-        return [v for name, model in self.models.items() for v in expand_model(name, model)]
+        return [v for name, model in self.models.items()
+                for v in expand_model(name, model, self.seed)]
 
     @property
     def base_dir(self) -> Path:
@@ -453,7 +519,7 @@ def resolve_registry(registry: Registry, manager: PluginManager, *, load_plugins
             problems.append((f"{base}.recipe", str(exc)))
             continue
         try:
-            variants = expand_model(model_name, model)
+            variants = expand_model(model_name, model, registry.seed)
         except KeyError as exc:
             problems.append((f"{base}.sweep", f"cannot apply the sweep: {exc.args[0]}"))
             continue

@@ -210,108 +210,28 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
     reader = context.build("dataset", {"name": registry.dataset.kind, **registry.dataset.params})
     subjects = _subjects(registry, reader)
     timings["dataset"] = time.perf_counter() - t0
-    environment["planned"] = {"models": [v.name for v in registry.variants()], "subjects": subjects}
+    environment["planned"] = {"models": part_names(registry), "subjects": subjects}
     write_json_atomic(run_dir / "environment.json", environment)  # load_run names missing parts
     metrics = {name: context.build("metric", name) for name in registry.evaluation.metrics}
 
-    results = []
+    state = _RunState(registry=registry, context=context, metrics=metrics, run_dir=run_dir,
+                      device=device, versions=environment["versions"], resume=resume, log=log,
+                      timings=timings)
+    results, points = [], []
     for subject in subjects:
-        t0 = time.perf_counter()
-        data = reader.load(subject)
-        require_valid_images([*data.train_images, *data.test_images],
-                             root=getattr(data, "root", None),
-                             memo_dir=cache_dir / "image-checks", what=f"{subject} images")
-        timings[f"{subject}/load"] = time.perf_counter() - t0
-        split, train_index, eval_index = _evaluation_split(registry, data, registry.seed)
-        coords = data.vertex_coords()
-        if split == "test":
-            measured = data.responses("test")
-            noise_ceiling = data.noise_ceiling() if data.has_noise_ceiling else None
-            eval_images = data.test_images
-            eval_ids = data.image_ids["test"]
-        else:
-            measured = data.responses("train")[eval_index]
-            noise_ceiling = None  # a noise ceiling is defined for the test images only
-            eval_images = [data.train_images[i] for i in eval_index]
-            eval_ids = data.image_ids["train"][eval_index]
-        space = data.metadata.get("space") or "unknown space"
-        log(f"{subject}: {len(train_index)} training images, {len(eval_index)} scored on the "
-            f"{split} split, {measured.shape[1]} vertices ({space})")
-
-        sweeps: dict[str, list[tuple[dict, object]]] = {}
-        for variant in registry.variants():
-            model_name = variant.name
-            t0 = time.perf_counter()
-            folder = run_dir / "models" / model_name / subject
-            if resume is not None:
-                kept = _kept_part(folder, model_name, subject, measured.shape,
-                                  run_dir / "submission" / model_name / subject
-                                  if data.test_images else None, registry, log)
-                if kept is not None:
-                    results.append(kept)
-                    if variant.point:
-                        sweeps.setdefault(variant.base, []).append((variant.point, kept))
-                    continue
-            seed_everything(registry.seed)
-            model = context.build("recipe", {"name": variant.recipe, **variant.params})
-            model.fit(data, train_index)
-            eval_split = "test" if split == "test" else "train"
-            predicted, parts = _unpack(model.predict(data, eval_split,
-                                                     None if split == "test" else eval_index))
-            for part_name, values in {"prediction": predicted, **parts}.items():
-                if values.shape != measured.shape:
-                    raise ValueError(f"model {model_name!r} predicted shape {values.shape} "
-                                     f"({part_name}) for {subject}, expected {measured.shape}")
-            scores = _score(model_name, model, metrics, measured, predicted, parts, noise_ceiling)
-            ds = result_dataset(
-                model=model_name, subject=subject, vertex_coords=coords, scores=scores,
-                noise_ceiling=noise_ceiling,
-                attrs={"dataset": registry.dataset.kind, "split": split,
-                       "n_train_images": len(train_index), "n_scored_images": len(eval_index),
-                       **data.result_attrs(), "seed": registry.seed,
-                       "device": device, "model_config": {"recipe": variant.recipe, **variant.params},
-                       "sweep_base": variant.base, "sweep_point": variant.point,
-                       "training_history": getattr(model, "history", None) or [],
-                       "vertex_map_units": getattr(model, "vertex_map_units", None) or {},
-                       "versions": environment["versions"]})
-            write_netcdf(ds, folder / "scores.nc")
-            write_netcdf(predictions_dataset(
-                model=model_name, subject=subject, split=split, predictions=predicted,
-                vertex_coords=coords, image_names=[p.name for p in eval_images],
-                image_ids=eval_ids), folder / "predictions.nc")
-            if split == "test":
-                test_predictions = predicted
-            elif data.test_images:
-                test_predictions = _unpack(model.predict(data, "test"))[0]
-            else:
-                test_predictions = None
-            if test_predictions is not None:
-                export_submission(test_predictions, data.unit_blocks(),
-                                  run_dir / "submission" / model_name / subject)
-            if registry.output.save_encoders:
-                save_part_encoder(model, folder, model_name=model_name, subject=subject,
-                                  recipe=variant.recipe, params=variant.params, vertex_coords=coords,
-                                  attrs=data.result_attrs(), seed=registry.seed,
-                                  dtype=registry.output.encoder_dtype)
-            mark_complete(folder)  # last: a folder without it is a killed or failed part
-            results.append(ds)
-            if variant.point:
-                sweeps.setdefault(variant.base, []).append((variant.point, ds))
-            timings[f"{subject}/{model_name}"] = time.perf_counter() - t0
-            log(f"{subject} {model_name}: done in {timings[f'{subject}/{model_name}']:.1f} s")
-        for base, entries in sweeps.items():
-            write_netcdf(combine_sweep([ds for _, ds in entries], [p for p, _ in entries], base),
-                         run_dir / "models" / base / subject / "sweep.nc")
+        subject_results, subject_points = run_subject(state, reader, subject)
+        results.extend(subject_results)
+        points.extend(subject_points)
 
     summary = summarize(results)
-    sweep_table = sweep_summary(results, summary.attrs["variable"])
+    sweep_table = sweep_summary(points, summary.attrs["variable"], results)
     with atomic_path(run_dir / "summary.csv") as tmp:
         summary.to_csv(tmp, index=False)
     if sweep_table is not None:
         with atomic_path(run_dir / "sweep_summary.csv") as tmp:
             sweep_table.to_csv(tmp)
     with atomic_path(run_dir / "summary.txt") as tmp:
-        text = format_summary(summary)
+        text = format_summary(summary) + format_selected(results)
         if sweep_table is not None:
             text += "\n\n" + format_sweep(sweep_table, summary.attrs["variable"])
         tmp.write_text(text + "\n")
@@ -320,10 +240,309 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
     environment["finished"] = _dt.datetime.now().isoformat(timespec="seconds")
     write_json_atomic(run_dir / "environment.json", environment)
     if registry.output.save_encoders:
-        write_encoder_manifest(run_dir, [(v.name, s) for s in subjects for v in registry.variants()])
+        write_encoder_manifest(run_dir, [(name, s) for s in subjects for name in part_names(registry)])
     mark_complete(run_dir)
     _point_latest(run_dir)
     return RunResult(run_dir=run_dir, summary=summary, timings=timings, sweep=sweep_table)
+
+
+def part_names(registry: Registry) -> list[str]:
+    """Return every result folder a run writes per subject: each model or sweep point,
+    and after a swept model's points its headline (the point selected on validation)."""
+    from neuroenc.core.config import expand_model
+
+    names: list[str] = []
+    for name, model in registry.models.items():
+        variants = expand_model(name, model, registry.seed)
+        names.extend(v.name for v in variants)
+        if variants[0].point:
+            names.append(name)
+    return names
+
+
+@dataclass
+class _RunState:
+    """What every part of one run shares."""
+
+    registry: Registry
+    context: RunContext
+    metrics: dict
+    run_dir: Path
+    device: str
+    versions: dict
+    resume: Path | None
+    log: object
+    timings: dict
+
+
+@dataclass
+class SubjectPlan:
+    """One subject's data and index sets: the training images, the validation part inside
+    them (swept models fit on the rest), and the scored images."""
+
+    subject: str
+    data: object
+    split: str
+    train_index: np.ndarray
+    eval_index: np.ndarray
+    fit_index: np.ndarray        # train_index less the validation part
+    validation_index: np.ndarray
+    measured: np.ndarray
+    noise_ceiling: np.ndarray | None
+    eval_images: list
+    eval_ids: np.ndarray
+    coords: dict
+
+    @property
+    def refit_submission(self) -> bool:
+        return self.split == "holdout" and bool(self.data.test_images)
+
+
+def plan_subject(registry: Registry, data) -> SubjectPlan:
+    """Return the index sets of one loaded subject (the same for every model)."""
+    from neuroenc.evaluation.selection import validation_split
+
+    split, train_index, eval_index = _evaluation_split(registry, data, registry.seed)
+    if split == "test":
+        measured = data.responses("test")
+        noise_ceiling = data.noise_ceiling() if data.has_noise_ceiling else None
+        eval_images, eval_ids = data.test_images, data.image_ids["test"]
+    else:
+        measured = data.responses("train")[eval_index]
+        noise_ceiling = None  # a noise ceiling is defined for the test images only
+        eval_images = [data.train_images[i] for i in eval_index]
+        eval_ids = data.image_ids["train"][eval_index]
+    if any(v.point for v in registry.variants()):
+        fit_index, validation_index = validation_split(train_index, registry.selection.fraction,
+                                                       registry.seed)
+    else:
+        fit_index, validation_index = train_index, np.arange(0)
+    return SubjectPlan(data.subject, data, split, train_index, eval_index, fit_index,
+                       validation_index, measured, noise_ceiling, eval_images, eval_ids,
+                       data.vertex_coords())
+
+
+def run_subject(state: _RunState, reader, subject: str) -> tuple[list, list]:
+    """Fit, score and write every model of one subject; return ``(headline results,
+    sweep-point results)``. A swept model's headline is its point selected on validation."""
+    registry, log = state.registry, state.log
+    t0 = time.perf_counter()
+    data = reader.load(subject)
+    require_valid_images([*data.train_images, *data.test_images],
+                         root=getattr(data, "root", None),
+                         memo_dir=state.context.cache_dir / "image-checks",
+                         what=f"{subject} images")
+    state.timings[f"{subject}/load"] = time.perf_counter() - t0
+    plan = plan_subject(registry, data)
+    space = data.metadata.get("space") or "unknown space"
+    log(f"{subject}: {len(plan.train_index)} training images, {len(plan.eval_index)} scored on "
+        f"the {plan.split} split, {plan.measured.shape[1]} vertices ({space})")
+    if len(plan.validation_index):
+        log(f"{subject}: sweep points fit on {len(plan.fit_index)} images and are compared on "
+            f"{len(plan.validation_index)} validation images ({registry.selection.metric})")
+
+    headlines, points = [], []
+    sweeps: dict[str, list] = {}
+    for variant in registry.variants():
+        ds = run_part(state, plan, variant)
+        if variant.point:
+            points.append(ds)
+            sweeps.setdefault(variant.base, []).append((variant, ds))
+        else:
+            headlines.append(ds)
+    for base, entries in sweeps.items():
+        write_netcdf(combine_sweep([ds for _, ds in entries], [v.point for v, _ in entries], base),
+                     state.run_dir / "models" / base / subject / "sweep.nc")
+        headlines.append(select_headline(state, plan, base, entries))
+    return headlines, points
+
+
+def run_part(state: _RunState, plan: SubjectPlan, variant) -> "xr.Dataset":
+    """Fit one model (or sweep point) on one subject, score it, write its part folder.
+
+    A sweep point is fitted on the training images less the validation part and records
+    its validation score (``attrs['validation_score']``); any other model on all of them.
+    """
+    registry, log, subject = state.registry, state.log, plan.subject
+    model_name = variant.name
+    t0 = time.perf_counter()
+    folder = state.run_dir / "models" / model_name / subject
+    submission = state.run_dir / "submission" / model_name / subject
+    if state.resume is not None:
+        kept = _kept_part(folder, model_name, subject, plan.measured.shape,
+                          submission if plan.data.test_images else None, registry, log)
+        if kept is not None:
+            return kept
+    swept = bool(variant.point)
+    fit_index = plan.fit_index if swept else plan.train_index
+    model = _fit(state, plan, variant, fit_index, plan.validation_index if swept else None)
+    extra_attrs = {}
+    if swept:
+        from neuroenc.evaluation.selection import selection_score
+
+        predicted_val = _unpack(model.predict(plan.data, "train", plan.validation_index))[0]
+        measured_val = np.asarray(plan.data.responses("train")[plan.validation_index], np.float32)
+        extra_attrs = {"validation_score": selection_score(measured_val, predicted_val,
+                                                           registry.selection.metric),
+                       "validation_metric": registry.selection.metric,
+                       "n_validation_images": len(plan.validation_index)}
+    eval_split = "test" if plan.split == "test" else "train"
+    predicted, parts = _unpack(model.predict(plan.data, eval_split,
+                                             None if plan.split == "test" else plan.eval_index))
+    for part_name, values in {"prediction": predicted, **parts}.items():
+        if values.shape != plan.measured.shape:
+            raise ValueError(f"model {model_name!r} predicted shape {values.shape} "
+                             f"({part_name}) for {subject}, expected {plan.measured.shape}")
+    scores = _score(model_name, model, state.metrics, plan.measured, predicted, parts,
+                    plan.noise_ceiling)
+    seed = registry.seed if variant.seed is None else variant.seed
+    ds = result_dataset(
+        model=model_name, subject=subject, vertex_coords=plan.coords, scores=scores,
+        noise_ceiling=plan.noise_ceiling,
+        attrs={"dataset": registry.dataset.kind, "split": plan.split,
+               "n_train_images": len(fit_index), "n_scored_images": len(plan.eval_index),
+               **plan.data.result_attrs(), "seed": seed, "device": state.device,
+               "model_config": {"recipe": variant.recipe, **variant.params},
+               "sweep_base": variant.base, "sweep_point": variant.point, **extra_attrs,
+               "training_history": getattr(model, "history", None) or [],
+               "vertex_map_units": getattr(model, "vertex_map_units", None) or {},
+               "versions": state.versions})
+    write_netcdf(ds, folder / "scores.nc")
+    write_netcdf(predictions_dataset(
+        model=model_name, subject=subject, split=plan.split, predictions=predicted,
+        vertex_coords=plan.coords, image_names=[p.name for p in plan.eval_images],
+        image_ids=plan.eval_ids), folder / "predictions.nc")
+    if plan.split == "test":
+        export_submission(predicted, plan.data.unit_blocks(), submission)
+    elif plan.data.test_images and not (_refits(registry, plan) and not swept):
+        # a sweep point's own submission; a headline model refits on all training images
+        export_submission(_unpack(model.predict(plan.data, "test"))[0], plan.data.unit_blocks(),
+                          submission)
+    if registry.output.save_encoders:
+        save_part_encoder(model, folder, model_name=model_name, subject=subject,
+                          recipe=variant.recipe, params=variant.params, vertex_coords=plan.coords,
+                          attrs=plan.data.result_attrs(), seed=seed,
+                          dtype=registry.output.encoder_dtype)
+    if not swept and _refits(registry, plan):
+        _refit_submission(state, plan, variant, submission)
+    mark_complete(folder)  # last: a folder without it is a killed or failed part
+    state.timings[f"{subject}/{model_name}"] = time.perf_counter() - t0
+    log(f"{subject} {model_name}: done in {state.timings[f'{subject}/{model_name}']:.1f} s")
+    return ds
+
+
+def _fit(state: _RunState, plan: SubjectPlan, variant, fit_index: np.ndarray,
+         validation_index: np.ndarray | None):
+    """Return the variant's recipe fitted on ``fit_index`` (with the variant's seed).
+
+    A recipe whose ``fit`` takes ``validation_index`` gets the validation part, e.g. for
+    early stopping on the same images the sweep is compared on.
+    """
+    import dataclasses
+    import inspect
+
+    seed = state.registry.seed if variant.seed is None else variant.seed
+    context = dataclasses.replace(state.context, seed=seed)
+    seed_everything(seed)
+    model = context.build("recipe", {"name": variant.recipe, **variant.params})
+    if validation_index is not None and "validation_index" in inspect.signature(model.fit).parameters:
+        model.fit(plan.data, fit_index, validation_index=validation_index)
+    else:
+        model.fit(plan.data, fit_index)
+    return model
+
+
+def _refits(registry: Registry, plan: SubjectPlan) -> bool:
+    refit = registry.selection.refit
+    return plan.refit_submission if refit == "auto" else bool(refit and plan.data.test_images)
+
+
+def _refit_submission(state: _RunState, plan: SubjectPlan, variant, submission: Path) -> None:
+    """Export the challenge submission of ``variant`` refitted on every training image."""
+    every = np.arange(len(plan.data.train_images))
+    state.log(f"{plan.subject} {variant.base}: refit on all {len(every)} training images for "
+              "the submission")
+    model = _fit(state, plan, variant, every, None)
+    export_submission(_unpack(model.predict(plan.data, "test"))[0], plan.data.unit_blocks(),
+                      submission)
+
+
+def select_headline(state: _RunState, plan: SubjectPlan, base: str, entries: list) -> "xr.Dataset":
+    """Choose a swept model's point on validation; write it as the model's headline part.
+
+    The headline folder ``models/<base>/<subject>/`` holds the chosen point's results
+    (its first seed), ``selection.json`` (every point's validation score), and, where
+    :func:`_refits`, a submission from the chosen settings refitted on all training images.
+    """
+    import shutil
+
+    from neuroenc.evaluation.selection import SELECTION_FILE, select_point
+
+    registry, subject = state.registry, plan.subject
+    selection = select_point(base, subject, registry.selection.metric, len(plan.validation_index),
+                             [(v.choice, v.seed, float(ds.attrs.get("validation_score", np.nan)))
+                              for v, ds in entries])
+    chosen_variant, chosen = next((v, ds) for v, ds in entries if v.choice == selection.chosen)
+    folder = state.run_dir / "models" / base / subject
+    point_folder = state.run_dir / "models" / chosen_variant.name / subject
+    for stale in ("scores.nc", "predictions.nc", "encoder", "encoder.status.json", "complete.json"):
+        target = folder / stale
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    with atomic_path(folder / SELECTION_FILE) as tmp:
+        tmp.write_text(selection.to_json() + "\n")
+    label = ", ".join(f"{k}={v}" for k, v in selection.chosen.items()) or "(one point)"
+    ds = chosen.copy()
+    ds.attrs.update(model=base, sweep_point="{}", selected_point=json.dumps(chosen_variant.point),
+                    selection=selection.to_json())
+    write_netcdf(ds, folder / "scores.nc")
+    predictions = read_predictions(point_folder)
+    predictions.attrs["model"] = base
+    write_netcdf(predictions, folder / "predictions.nc")
+    if (point_folder / "encoder.status.json").is_file():
+        _copy_encoder(point_folder, folder, base)
+    submission = state.run_dir / "submission" / base / subject
+    if _refits(registry, plan):
+        _refit_submission(state, plan, chosen_variant, submission)
+    elif (state.run_dir / "submission" / chosen_variant.name / subject).is_dir():
+        if submission.exists():
+            shutil.rmtree(submission)
+        shutil.copytree(state.run_dir / "submission" / chosen_variant.name / subject, submission)
+    mark_complete(folder)
+    state.log(f"{subject} {base}: selected {label} on {len(plan.validation_index)} validation "
+              f"images ({registry.selection.metric} "
+              f"{next(p['mean'] for p in selection.points if p['chosen']):.4f})")
+    return ds
+
+
+def read_predictions(folder: Path) -> "xr.Dataset":
+    from neuroenc.evaluation.results import read_netcdf
+
+    return read_netcdf(folder / "predictions.nc")
+
+
+def _copy_encoder(source: Path, target: Path, model: str) -> None:
+    """Copy a sweep point's saved encoder (and its status) into the headline folder."""
+    import shutil
+
+    status = json.loads((source / "encoder.status.json").read_text())
+    if (source / "encoder").is_dir():
+        staging = target / ".encoder.partial"
+        if staging.exists():
+            shutil.rmtree(staging)
+        shutil.copytree(source / "encoder", staging)
+        record_path = staging / "encoder.json"
+        if record_path.is_file():
+            record = json.loads(record_path.read_text())
+            record["model"] = model
+            write_json_atomic(record_path, record)
+        os.replace(staging, target / "encoder")
+    status["model"] = model
+    if status.get("path"):
+        status["path"] = (target / "encoder").relative_to(target.parents[2]).as_posix()
+    write_json_atomic(target / "encoder.status.json", status)
 
 
 def _kept_part(folder: Path, model: str, subject: str, shape: tuple[int, int],
@@ -379,34 +598,76 @@ def _score(model_name: str, model, metrics: dict, measured: np.ndarray, predicte
     return scores
 
 
-def sweep_summary(results: list, variable: str) -> pd.DataFrame | None:
-    """Return per swept model and point: the median per ROI class, averaged over subjects.
+def sweep_summary(points: list, variable: str, headlines: list = ()) -> pd.DataFrame | None:
+    """Return per swept model and point: the median per ROI class, averaged over subjects,
+    then mean (and sd) over seeds; the validation score; the subjects that selected it.
 
-    Rows are ``(model, point)``; columns ROI classes plus ``all (mean)``, the
-    challenge-style mean over all vertices. None when the run has no sweep.
+    Rows are ``(model, point)`` (the point without its seed); columns ``all (mean)`` (the
+    challenge-style mean), the ROI classes, ``validation <metric>``, ``n_seeds``, ``<col>
+    sd`` where there are several seeds, and ``selected`` (the subjects whose validation
+    chose the point). None when the run has no sweep. Scores are on the scored split.
     """
     rows = []
-    for ds in results:
+    for ds in points:
         point = json.loads(ds.attrs.get("sweep_point", "{}") or "{}")
         if not point:
             continue
-        label = ", ".join(f"{k}={v}" for k, v in point.items())
+        label = _point_label(point)
+        key = {"model": ds.attrs["sweep_base"], "point": label, "subject": ds.attrs["subject"],
+               "seed": point.get("seed", ds.attrs.get("seed", 0))}
         for rec in roi_class_summary(ds, variable).to_dict("records"):
             value = rec["mean"] if rec["roi_class"] == "all" else rec["median"]
             column = "all (mean)" if rec["roi_class"] == "all" else rec["roi_class"]
-            rows.append({"model": ds.attrs["sweep_base"], "point": label,
-                         "subject": ds.attrs["subject"], "column": column, "value": value})
+            rows.append({**key, "column": column, "value": value})
+        if "validation_score" in ds.attrs:
+            rows.append({**key, "column": f"validation {ds.attrs['validation_metric']}",
+                         "value": float(ds.attrs["validation_score"])})
     if not rows:
         return None
-    table = pd.DataFrame(rows).pivot_table(index=["model", "point"], columns="column",
-                                           values="value", aggfunc="mean", sort=False)
-    return table[["all (mean)"] + [c for c in table.columns if c != "all (mean)"]]
+    frame = pd.DataFrame(rows)
+    per_seed = frame.groupby(["model", "point", "seed", "column"], sort=False)["value"].mean()
+    over_seeds = per_seed.groupby(["model", "point", "column"], sort=False)
+    table = over_seeds.mean().unstack("column")
+    n_seeds = per_seed.groupby(["model", "point"], sort=False).size() // max(
+        1, frame["column"].nunique())
+    columns = ["all (mean)"] + [c for c in table.columns if c != "all (mean)"]
+    table = table[columns]
+    if int(n_seeds.max()) > 1:
+        sd = over_seeds.std(ddof=1).unstack("column")[columns]
+        table = table.join(sd.add_suffix(" sd"))
+    table["n_seeds"] = n_seeds.reindex(table.index).astype(int)
+    selected: dict[tuple[str, str], list[str]] = {}
+    for ds in headlines:
+        chosen = json.loads(ds.attrs.get("selected_point", "{}") or "{}")
+        if chosen:
+            selected.setdefault((ds.attrs["model"], _point_label(chosen)), []).append(
+                str(ds.attrs["subject"]))
+    table["selected"] = [", ".join(selected.get(idx, [])) for idx in table.index]
+    return table
+
+
+def _point_label(point: dict) -> str:
+    """A sweep point as text, without its seed: ``alignment.weight=0.1``."""
+    choice = {k: v for k, v in point.items() if k != "seed"}
+    return ", ".join(f"{k}={v}" for k, v in choice.items()) or "(seeds)"
 
 
 def format_sweep(table: pd.DataFrame, variable: str) -> str:
-    """Return the sweep table as text."""
-    return (f"sweeps: median {variable} per ROI class (mean over subjects); "
-            f"'all (mean)' = challenge-style mean\n" + table.round(2).to_string())
+    """Return the sweep table as text: mean ± sd over seeds where there are several."""
+    shown = pd.DataFrame(index=table.index)
+    for column in [c for c in table.columns if not str(c).endswith(" sd")
+                   and c not in ("n_seeds", "selected")]:
+        sd = table.get(f"{column} sd")
+        digits = 4 if str(column).startswith("validation") else 2
+        shown[column] = [f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if sd is not None
+                                               and np.isfinite(s) else "")
+                         for m, s in zip(table[column], sd if sd is not None else table[column])]
+    shown["seeds"] = table["n_seeds"]
+    shown["selected on validation"] = table["selected"]
+    return (f"sweeps: median {variable} per ROI class on the scored split (mean over subjects"
+            + (", then mean ± sd over seeds" if int(table["n_seeds"].max()) > 1 else "")
+            + "); 'all (mean)' = challenge-style mean; each subject's point is selected on "
+            "its validation images, never on the scored split\n" + shown.to_string())
 
 
 def summary_pivot(summary: pd.DataFrame) -> pd.DataFrame:
@@ -439,6 +700,23 @@ def format_summary(summary: pd.DataFrame) -> str:
     lines.append(f"challenge-style mean {variable} over all vertices of all subjects:")
     lines.extend(f"  {model}: {value:.2f}" for model, value in challenge.items())
     return "\n".join(lines)
+
+
+def format_selected(results: list) -> str:
+    """Return, per swept model and subject, the point its validation selected (or '')."""
+    lines = []
+    for ds in results:
+        chosen = json.loads(ds.attrs.get("selected_point", "{}") or "{}")
+        if chosen:
+            record = json.loads(ds.attrs["selection"])
+            score = next(p["mean"] for p in record["points"] if p["chosen"])
+            lines.append(f"  {ds.attrs['model']} {ds.attrs['subject']}: {_point_label(chosen)} "
+                         f"(validation {record['metric']} {score:.4f} on "
+                         f"{record['n_validation_images']} training images held out)")
+    if not lines:
+        return ""
+    return ("\n\nswept models above are their point selected on validation (never on the "
+            "scored split):\n" + "\n".join(lines))
 
 
 def read_environment(run_dir: str | Path) -> dict:

@@ -554,22 +554,32 @@ def _challenge(parts: list[np.ndarray]) -> float:
 
 
 def leading_models(results: Mapping[str, xr.Dataset], variable: str = "noise_normalized") -> list[str]:
-    """Return the models best first by :func:`challenge_scores`, each sweep by its best point.
+    """Return one entry per registry model, ordered by :func:`challenge_scores` (display only).
 
-    Sweep points share a ``sweep_base`` (the registry's model name); only the best point
-    of each sweep is kept, so that a 10-point sweep does not crowd out the other models.
+    A swept model appears as its headline: the point its validation part selected
+    (``models/<model>/``, :mod:`neuroenc.evaluation.selection`). Its other points are
+    left out, and never is the point best on the scored split chosen: that would pick a
+    model by its test score. A run written before selection existed has no headline;
+    its sweep is then shown by the first point, in registry order.
     """
     scores = challenge_scores(results, variable).sort_values(ascending=False)
     first = next(iter(results.values()))
     names = [str(m) for m in first[MODEL_DIM].values]
-    if "sweep_base" in first.coords and MODEL_DIM in first["sweep_base"].dims:
-        base = dict(zip(names, (str(b) or m for b, m in zip(first["sweep_base"].values, names))))
-    else:
-        base = {m: m for m in names}
-    ordered = [m for m in scores.index if m in base] + [m for m in names if m not in scores.index]
-    chosen, seen = [], set()
-    for model in ordered:
-        if base[model] not in seen:
-            seen.add(base[model])
-            chosen.append(model)
-    return chosen
+
+    def along_models(coord: str) -> list[str]:
+        if coord in first.coords and MODEL_DIM in first[coord].dims:
+            return [str(v) for v in first[coord].values]
+        return [str(first.attrs.get(coord, "")) for _ in names]
+
+    points = {m for m, p in zip(names, along_models("sweep_point")) if p not in ("", "{}", "None")}
+    base = {m: (b or m) for m, b in zip(names, along_models("sweep_base"))}
+    shown, seen = [], set()
+    for model in names:  # registry order: a sweep without a headline keeps its first point
+        key = base[model] if model in points else model
+        if model in points and key in names:
+            continue  # the headline stands for it
+        if key not in seen:
+            seen.add(key)
+            shown.append(model)
+    rank = {m: i for i, m in enumerate(scores.index)}
+    return sorted(shown, key=lambda m: rank.get(m, len(rank)))

@@ -244,7 +244,10 @@ def combine_sweep(results: Sequence[xr.Dataset], points: Sequence[Mapping[str, A
     stacked = xr.concat([r.drop_vars(shared) for r in results], dim=dim,
                         combine_attrs="drop_conflicts")
     for key in keys:
-        stacked = stacked.assign_coords({names[key]: (dim, [p[key] for p in points])})
+        values = [p[key] for p in points]
+        if any(isinstance(v, (list, dict)) for v in values):  # e.g. alphas: [1.0, 10.0]
+            values = [json.dumps(v) for v in values]
+        stacked = stacked.assign_coords({names[key]: (dim, values)})
     for var in shared:
         stacked[var] = results[0][var]
     stacked.attrs.update(model=model, sweep_parameters=json.dumps(keys))

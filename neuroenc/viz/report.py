@@ -109,6 +109,25 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
+def _sweep_baselines(config: dict, models: list[str]) -> list[tuple[str, str]]:
+    """Return ``(swept model, its first point at the run's seed)`` for each sweep with a
+    headline in the run: what the report compares the selected point with (lambda = 0
+    for an alignment sweep written from 0 up)."""
+    from neuroenc.core.config import ModelConfig, expand_model
+
+    pairs = []
+    for name, spec in (config.get("models") or {}).items():
+        if name not in models:
+            continue
+        try:
+            variants = expand_model(name, ModelConfig.model_validate(spec), int(config.get("seed", 0)))
+        except (ValueError, KeyError):
+            continue
+        if variants[0].point and variants[0].name in models:
+            pairs.append((name, variants[0].name))
+    return pairs
+
+
 def write_report(run_dir: str | Path, out_path: str | Path | None = None, *,
                  variable: str | None = None,
                  views: Sequence[str] = ("lateral", "medial", "ventral", "posterior"),
@@ -129,8 +148,8 @@ def write_report(run_dir: str | Path, out_path: str | Path | None = None, *,
     views : sequence of str
         Views of the surface maps (see :func:`neuroenc.viz.plotting.plot_surface`).
     max_surface_maps : int
-        At most this many (model, subject) surface maps; sweeps contribute their best
-        point only. The report says which maps were left out.
+        At most this many (model, subject) surface maps; a sweep contributes its point
+        selected on validation only. The report says which maps were left out.
     rois : str or sequence of str, optional
         ROI classes outlined on the surface maps.
     n_boot, seed : int
@@ -212,7 +231,8 @@ def write_report(run_dir: str | Path, out_path: str | Path | None = None, *,
     doc.section("ROI comparisons")
     compare = main if len(main) <= 6 else main[:6]
     if len(compare) < len(models):
-        doc.note(f"Models shown: {', '.join(compare)} (the best point of each sweep; "
+        doc.note(f"Models shown: {', '.join(compare)} (each sweep by its point selected on "
+                 "validation; "
                  "every model is in the tables).")
     # one bootstrap for the plots and the per-ROI table (CIs are drawn with one subject)
     boot = n_boot if len(results) == 1 else 0
@@ -282,14 +302,35 @@ def write_report(run_dir: str | Path, out_path: str | Path | None = None, *,
     sweeps = plotting.read_sweeps(run_dir)
     if sweeps or (run_dir / "sweep_summary.csv").is_file():
         doc.section("Sweeps")
+        doc.note("Each swept model's headline (in the tables above) is the point selected on a "
+                 "validation part of the training images; the scored split took no part in "
+                 "the choice. The curves and this table show every point on the scored split, "
+                 "for display only: picking the best of them would choose on the test data.")
         if (run_dir / "sweep_summary.csv").is_file():
             table = pd.read_csv(run_dir / "sweep_summary.csv", index_col=[0, 1])
-            doc.note(f"Median {variable} per ROI class (mean over subjects); 'all (mean)' is "
-                     "the challenge-style mean.")
-            doc.table(table)
+            doc.note(f"Median {variable} per ROI class on the scored split (mean over subjects, "
+                     "then mean and sd over seeds); 'all (mean)' is the challenge-style mean; "
+                     "'validation ...' is the score the selection used; 'selected' lists the "
+                     "subjects whose validation chose the point.")
+            doc.table(table.astype(object).where(table.notna(), ""))
         for base, by_subject in sweeps.items():
             fig = plotting.plot_sweep(by_subject, variable, model=base)
-            doc.figure(fig, f"{variable} against the swept parameter of {base}", dpi=dpi)
+            doc.figure(fig, f"{variable} against the swept parameter of {base} (scored split)",
+                       dpi=dpi)
+        for base, baseline in _sweep_baselines(config, models):
+            try:
+                from neuroenc.evaluation.compare import compare_run
+
+                paired = compare_run(run_dir, base, baseline, n_boot=n_boot, seed=seed)
+            except (OSError, ValueError, KeyError) as exc:
+                doc.note(f"{base}: no paired comparison with {baseline} ({exc}).")
+                continue
+            doc.note(f"{base} (selected point) minus {baseline} (the sweep's first point), "
+                     f"paired over the scored images: {paired.attrs['statistic']} "
+                     f"{paired.attrs['variable']} per ROI class, {n_boot} bootstrap resamples of "
+                     f"the images, {paired.attrs['confidence']:.0%} CI; 'all' pools subjects. "
+                     "Where a subject selected the first point itself, its difference is 0.")
+            doc.table(paired.drop(columns=[c for c in ("n_vertices",) if c in paired]), index=False)
 
     # -- per ROI ------------------------------------------------------------------------
     doc.section("Per ROI")

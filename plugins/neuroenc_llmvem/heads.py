@@ -8,9 +8,11 @@ initialised from a PCA of the training fMRI (weight = components, bias = mean) a
 frozen by default, maps them back to every vertex. Sizes are **our assumption**
 (BlobGPT's: low rank 1024, 2048 components), configurable.
 
-Token maps of shape (batch, n_tokens, channels) (backbone ``pooling: all``) first go
-through a token-wise linear reduction to ``token_channels`` and are then flattened; the
-paper's token handling is unknown, this keeps the low-rank layer small.
+Token maps of shape (batch, n_tokens, channels) (backbone ``pooling: all``), and a CNN's
+feature maps (batch, channels, height, width) (``pooling: map``, each position a token),
+first go through a token-wise linear reduction to ``token_channels`` and are then
+flattened, so the low-rank layer sees where each feature is; the paper's token handling
+is unknown, this keeps the low-rank layer small.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ def pca_basis(responses: np.ndarray, n_components: int, seed: int = 0) -> tuple[
 class _LayerMap(nn.Module):
     def __init__(self, shape: Sequence[int], params: PCAHeadParams):
         super().__init__()
+        self.channels_first = len(shape) == 3  # a CNN's (channels, height, width) map
+        if self.channels_first:
+            shape = (shape[1] * shape[2], shape[0])  # its positions as tokens
         if len(shape) == 2:  # (n_tokens, channels)
             self.tokens = nn.Linear(shape[1], params.token_channels)
             in_dim = shape[0] * params.token_channels
@@ -63,13 +68,15 @@ class _LayerMap(nn.Module):
             self.tokens = None
             in_dim = shape[0]
         else:
-            raise ValueError(f"layer features of shape {tuple(shape)} per image; expected (dim,) "
-                             "or (n_tokens, channels)")
+            raise ValueError(f"layer features of shape {tuple(shape)} per image; expected (dim,), "
+                             "(n_tokens, channels) or (channels, height, width)")
         self.dropout = nn.Dropout(params.dropout)
         self.low_rank = nn.Linear(in_dim, params.low_rank)
         self.norm = nn.BatchNorm1d(params.low_rank)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_first:
+            x = x.flatten(2).transpose(1, 2)  # (batch, C, H, W) -> (batch, H*W, C)
         if self.tokens is not None:
             x = self.tokens(x).flatten(1)
         return self.norm(self.low_rank(self.dropout(x)))

@@ -169,32 +169,47 @@ class LLMVEMModel:
             num_workers=self.context.num_workers, pin_memory=self.device.type == "cuda")
 
     # -- training -----------------------------------------------------------------------
-    def _checkpoint_path(self, data, train_index: np.ndarray, text: torch.Tensor | None = None) -> Path:
+    def _checkpoint_path(self, data, fit_index: np.ndarray, val_index: np.ndarray,
+                         text: torch.Tensor | None = None) -> Path:
         key = stable_hash({
             "recipe": "llm-vem", "params": self.params.model_dump(mode="json"),
             "subject": data.subject, "fmri": data.responses_identity("train"),
-            "images": hash_images(data.train_images, self.context.cache_dir / "file-hashes"), "train_index": stable_hash(train_index.tolist()),
+            "images": hash_images(data.train_images, self.context.cache_dir / "file-hashes"), 
+            "fit_index": stable_hash(np.asarray(fit_index).tolist()),
+            "validation_index": stable_hash(np.asarray(val_index).tolist()),
             "seed": self.context.seed, "torch": torch.__version__,
             # the caption embeddings actually used: an edited caption file retrains
             "text": None if text is None else hashlib.sha256(text.numpy().tobytes()).hexdigest(),
         }, length=24)
         return self.context.cache_dir / "training" / f"{data.subject}-{key}.pt"
 
-    def fit(self, data, train_index: np.ndarray) -> None:
+    def fit(self, data, train_index: np.ndarray, validation_index: np.ndarray | None = None) -> None:
+        """Train on ``train_index``; early stopping and best-epoch choice on a validation part.
+
+        ``validation_index`` (training images outside ``train_index``): the part to stop
+        on. The runner passes the images a sweep is compared on; without it the recipe
+        holds out ``validation_fraction`` of ``train_index`` itself.
+        """
         p = self.params
         ctx = self.context
-        rng = np.random.default_rng(ctx.seed)
-        n_val = max(2, int(round(p.validation_fraction * len(train_index))))
-        perm = rng.permutation(len(train_index))
-        val_index = np.sort(train_index[perm[:n_val]])
-        fit_index = np.sort(train_index[perm[n_val:]])
+        if validation_index is not None and len(validation_index) >= 2:
+            val_index = np.sort(np.asarray(validation_index))
+            fit_index = np.sort(np.asarray(train_index))
+            if np.intersect1d(val_index, fit_index).size:
+                raise ValueError("llm-vem: validation_index overlaps train_index")
+            train_index = np.union1d(fit_index, val_index)
+        else:
+            rng = np.random.default_rng(ctx.seed)
+            n_val = max(2, int(round(p.validation_fraction * len(train_index))))
+            perm = rng.permutation(len(train_index))
+            val_index = np.sort(train_index[perm[:n_val]])
+            fit_index = np.sort(train_index[perm[n_val:]])
         responses = data.responses("train")
 
         text = None
         if self.alignment_weight > 0:
-            embeddings = self._text_embeddings([data.train_images[i] for i in train_index])
-            lookup = {int(i): row for i, row in zip(train_index, range(len(train_index)))}
-            text = torch.from_numpy(embeddings[[lookup[int(i)] for i in fit_index]])
+            # captions of the images trained on (fit_index is sorted, as are the targets)
+            text = torch.from_numpy(self._text_embeddings([data.train_images[i] for i in fit_index]))
 
         # Everything below draws from the seeded RNG in the same order with or without
         # alignment, so lambda = 0 trains exactly the model without alignment.
@@ -219,7 +234,7 @@ class LLMVEMModel:
             alignment = self.alignment_loss
         self.net = _Net(self.backbone.module, head, projection, alignment).to(self.device)
 
-        ckpt_path = self._checkpoint_path(data, train_index, text)
+        ckpt_path = self._checkpoint_path(data, fit_index, val_index, text)
         state = load_checkpoint(ckpt_path) if p.resume and ckpt_path.is_file() else None
         if state is not None and state.get("complete"):
             self.net.load_state_dict(state["net"])
