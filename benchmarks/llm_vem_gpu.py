@@ -1,7 +1,8 @@
 """Time LLM-VEM training per epoch on the CPU and, when present, on a CUDA GPU.
 
-Trains the demo registry's ``llm-vem`` model (first point of its sweep unless
-``--weight`` is given) on one demo subject, once per device, mixed precision on for the
+Trains the demo registry's ``llm-vem`` model (the first point of its sweep with an
+alignment weight lambda > 0, so the text side is timed too, unless ``--weight`` is given)
+on one demo subject, once per device, mixed precision on for the
 GPU, and prints the seconds per epoch of each stage and the CPU / GPU ratio.
 
     python benchmarks/llm_vem_gpu.py                 # CPU, and CUDA if available
@@ -40,7 +41,12 @@ def main() -> None:
 
     manager = PluginManager()
     registry = resolve_registry(load_registry(args.registry), manager)
-    variant = expand_model(args.model, registry.models[args.model])[0]
+    variants = expand_model(args.model, registry.models[args.model], registry.seed)
+
+    def weight(v) -> float:
+        alignment = v.params.get("alignment")
+        return float(alignment.get("weight", 1.0)) if isinstance(alignment, dict) else 0.0
+    variant = next((v for v in variants if weight(v) > 0), variants[0])
     params = dict(variant.params, resume=False, amp=True)
     if args.weight is not None and params.get("alignment"):
         alignment = params["alignment"]

@@ -80,6 +80,9 @@ def run(
         "--output", help="override output.dir (the results folder)")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(
         "--cache-dir", help="override compute.cache_dir")] = None,
+    replicates: Annotated[Optional[int], typer.Option(
+        "--replicates", min=1, help="train every point of the (chosen) models this many times, "
+        "seeds seed, seed+1, ...: summaries give mean ± sd over seeds")] = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="print the plan (models x subjects x sweep points, feature sets and "
         "whether they are cached) and exit; reads the dataset, fits nothing")] = False,
@@ -94,20 +97,20 @@ def run(
     from neuroenc.core.runner import run_registry
 
     if resume is not None:
-        if registry_file is not None or models or subjects or output or cache_dir:
+        if registry_file is not None or models or subjects or output or cache_dir or replicates:
             _fail(ValueError("--resume RUN_DIR finishes that run with the registry it was started "
-                             "with; it takes no REGISTRY_FILE, --models, --subjects, --output or "
-                             "--cache-dir"))
+                             "with; it takes no REGISTRY_FILE, --models, --subjects, --output, "
+                             "--cache-dir or --replicates"))
         registry, manager = _load_run(resume, strict, block)
     else:
         registry, manager = _load(registry_file or Path("registry.yaml"), strict, block)
-    if models or subjects or output or cache_dir:
+    if models or subjects or output or cache_dir or replicates:
         from neuroenc.core.config import RegistryError
         from neuroenc.core.plan import narrow_registry
 
         try:
             registry = narrow_registry(registry, models=_split(models), subjects=_split(subjects),
-                                       output=output, cache_dir=cache_dir)
+                                       output=output, cache_dir=cache_dir, replicates=replicates)
         except RegistryError as exc:
             _fail(exc)
     if device is not None:

@@ -134,6 +134,14 @@ class SelectionConfig(_Strict):
         "challenge submission; 'auto': when the scored split is a holdout of the training "
         "images (no test fMRI) and the dataset has test images")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, value: Any) -> Any:
+        # YAML 1.1 (PyYAML) reads an unquoted key `on` as the boolean true
+        if isinstance(value, dict) and True in value and "on" not in value:
+            value = {("on" if k is True else k): v for k, v in value.items()}
+        return value
+
 
 class ComputeConfig(_Strict):
     """Where and how fast things run."""
@@ -469,6 +477,33 @@ def _check_component(manager: PluginManager, kind: str, ref: Any, path: str,
         problems.extend(_unknown_key_hint(_pydantic_problems(exc, path), component.params))
 
 
+def _check_members(registry: Registry, manager: PluginManager, name: str, members,
+                   problems: list[tuple[str, str]]) -> None:
+    """A recipe combining models (``members``) names other, non-combining models."""
+    from neuroenc.core.plugins import UnknownComponentError, suggest
+
+    if members is None:
+        return
+    known = [m for m in registry.models if m != name]
+    for i, member in enumerate(members):
+        path = f"models.{name}.members.{i}"
+        if member == name:
+            problems.append((path, f"{name!r} cannot be its own member"))
+        elif member not in registry.models:
+            problems.append((path, f"unknown model {member!r}; models of this registry: "
+                                   f"{', '.join(known)}{suggest(member, known)}"))
+        else:
+            try:
+                recipe = manager.get("recipe", registry.models[member].recipe)
+            except UnknownComponentError:
+                continue  # reported at that model
+            if "members" in recipe.params.model_fields:
+                problems.append((path, f"member {member!r} combines models itself; an ensemble's "
+                                       "members are single models"))
+    if len(set(members)) != len(members):
+        problems.append((f"models.{name}.members", f"a member is listed twice: {members}"))
+
+
 def resolve_registry(registry: Registry, manager: PluginManager, *, load_plugins: bool = True,
                      unchecked: list[tuple[str, str]] | None = None) -> Registry:
     """Check every plugin-provided name and parameter in ``registry``; return it.
@@ -533,6 +568,8 @@ def resolve_registry(registry: Registry, manager: PluginManager, *, load_plugins
                 for field_name, kind in recipe_slots(recipe.params).items():
                     _check_component(manager, kind, getattr(params, field_name),
                                      f"{base}.{field_name}", problems, validation_context)
+                _check_members(registry, manager, model_name, getattr(params, "members", None),
+                               problems)
             if len(problems) > before:
                 if variant.point:
                     problems[before:] = [(path, f"{msg} (sweep point {variant.point})")

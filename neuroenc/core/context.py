@@ -43,6 +43,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A model of the run as another recipe may rebuild it: recipe, params and seed."""
+
+    recipe: str
+    params: dict
+    seed: int
+
+
 @dataclasses.dataclass
 class RunContext:
     """What a component may use while it is built and run.
@@ -62,6 +71,10 @@ class RunContext:
         Whether long steps draw progress bars.
     base_dir : Path
         Folder of the registry file; relative paths in component params resolve here.
+    models : dict
+        The run's other models, as the runner gives them to a recipe that combines
+        models (``ensemble``): ``{name: ModelSpec}``, a swept model as its point
+        selected on validation for this subject.
     """
 
     manager: PluginManager
@@ -72,6 +85,7 @@ class RunContext:
     num_workers: int = 0
     show_progress: bool = True
     base_dir: Path = dataclasses.field(default_factory=Path.cwd)
+    models: dict = dataclasses.field(default_factory=dict)
 
     def build(self, kind: str, ref: ComponentRef | dict | str) -> Any:
         """Return the component of ``kind`` that ``ref`` names, built with its params."""

@@ -18,11 +18,12 @@ __all__ = ["PlanRow", "narrow_registry", "plan_run", "format_plan", "part_proble
 
 def narrow_registry(registry: Registry, *, models: list[str] | None = None,
                     subjects: list[str] | None = None, output: Path | None = None,
-                    cache_dir: Path | None = None) -> Registry:
+                    cache_dir: Path | None = None, replicates: int | None = None) -> Registry:
     """Return ``registry`` restricted to some models / subjects, with folders overridden.
 
     ``models`` are the registry's model names (a swept model keeps all its points);
-    ``subjects`` are written as in ``dataset.subjects`` (``1``, ``subj01``).
+    ``subjects`` are written as in ``dataset.subjects`` (``1``, ``subj01``);
+    ``replicates`` sets every kept model's ``replicates`` (seeds seed, seed+1, ...).
 
     Raises
     ------
@@ -48,6 +49,12 @@ def narrow_registry(registry: Registry, *, models: list[str] | None = None,
         narrowed.output.dir = Path(output).resolve()
     if cache_dir is not None:
         narrowed.compute.cache_dir = Path(cache_dir).resolve()
+    if replicates is not None:
+        for name, model in narrowed.models.items():
+            if "seed" in model.sweep:
+                raise RegistryError(source, [(f"models.{name}.sweep.seed", "--replicates: this "
+                                              "model sweeps seeds itself")])
+            model.replicates = replicates
     return narrowed
 
 

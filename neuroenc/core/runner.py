@@ -37,7 +37,7 @@ import yaml
 
 from neuroenc.core.cache import atomic_path, write_json_atomic
 from neuroenc.core.config import Registry, default_cache_dir
-from neuroenc.core.context import RunContext, resolve_device, seed_everything
+from neuroenc.core.context import ModelSpec, RunContext, resolve_device, seed_everything
 from neuroenc.core.encoders import save_part_encoder, write_encoder_manifest
 from neuroenc.data.subject import DatasetError
 from neuroenc.stimuli.images import require_valid_images
@@ -312,7 +312,8 @@ def plan_subject(registry: Registry, data) -> SubjectPlan:
         noise_ceiling = None  # a noise ceiling is defined for the test images only
         eval_images = [data.train_images[i] for i in eval_index]
         eval_ids = data.image_ids["train"][eval_index]
-    if any(v.point for v in registry.variants()):
+    if any(v.point for v in registry.variants()) or any(
+            "members" in v.params for v in registry.variants()):
         fit_index, validation_index = validation_split(train_index, registry.selection.fraction,
                                                        registry.seed)
     else:
@@ -343,25 +344,47 @@ def run_subject(state: _RunState, reader, subject: str) -> tuple[list, list]:
 
     headlines, points = [], []
     sweeps: dict[str, list] = {}
+    specs: dict[str, ModelSpec] = {}  # each model as an ensemble may rebuild it
+    combining = [v for v in registry.variants() if combines_models(state.context.manager, v)]
     for variant in registry.variants():
+        if variant in combining:
+            continue
         ds = run_part(state, plan, variant)
         if variant.point:
             points.append(ds)
             sweeps.setdefault(variant.base, []).append((variant, ds))
         else:
             headlines.append(ds)
+            specs[variant.name] = _spec(registry, variant)
     for base, entries in sweeps.items():
         write_netcdf(combine_sweep([ds for _, ds in entries], [v.point for v, _ in entries], base),
                      state.run_dir / "models" / base / subject / "sweep.nc")
-        headlines.append(select_headline(state, plan, base, entries))
+        ds, chosen = select_headline(state, plan, base, entries)
+        headlines.append(ds)
+        specs[base] = _spec(registry, chosen)
+    for variant in combining:  # after every other model: they combine the selected ones
+        headlines.append(run_part(state, plan, variant, models=specs))
     return headlines, points
 
 
-def run_part(state: _RunState, plan: SubjectPlan, variant) -> "xr.Dataset":
+def combines_models(manager, variant) -> bool:
+    """Whether a variant's recipe combines other models of the run (has ``members``)."""
+    return "members" in manager.get("recipe", variant.recipe).params.model_fields
+
+
+def _spec(registry: Registry, variant) -> ModelSpec:
+    return ModelSpec(variant.recipe, variant.params,
+                     registry.seed if variant.seed is None else variant.seed)
+
+
+def run_part(state: _RunState, plan: SubjectPlan, variant,
+             models: dict | None = None) -> "xr.Dataset":
     """Fit one model (or sweep point) on one subject, score it, write its part folder.
 
     A sweep point is fitted on the training images less the validation part and records
-    its validation score (``attrs['validation_score']``); any other model on all of them.
+    its validation score (``attrs['validation_score']``); a model combining others
+    (``models``: the run's models, for an ensemble) gets the validation part to fit its
+    weights on; any other model is fitted on all training images.
     """
     registry, log, subject = state.registry, state.log, plan.subject
     model_name = variant.name
@@ -374,8 +397,10 @@ def run_part(state: _RunState, plan: SubjectPlan, variant) -> "xr.Dataset":
         if kept is not None:
             return kept
     swept = bool(variant.point)
-    fit_index = plan.fit_index if swept else plan.train_index
-    model = _fit(state, plan, variant, fit_index, plan.validation_index if swept else None)
+    held_out = swept or models is not None
+    fit_index = plan.fit_index if held_out else plan.train_index
+    model = _fit(state, plan, variant, fit_index, plan.validation_index if held_out else None,
+                 models)
     extra_attrs = {}
     if swept:
         from neuroenc.evaluation.selection import selection_score
@@ -424,7 +449,7 @@ def run_part(state: _RunState, plan: SubjectPlan, variant) -> "xr.Dataset":
                           attrs=plan.data.result_attrs(), seed=seed,
                           dtype=registry.output.encoder_dtype)
     if not swept and _refits(registry, plan):
-        _refit_submission(state, plan, variant, submission)
+        _refit_submission(state, plan, variant, submission, models)
     mark_complete(folder)  # last: a folder without it is a killed or failed part
     state.timings[f"{subject}/{model_name}"] = time.perf_counter() - t0
     log(f"{subject} {model_name}: done in {state.timings[f'{subject}/{model_name}']:.1f} s")
@@ -432,7 +457,7 @@ def run_part(state: _RunState, plan: SubjectPlan, variant) -> "xr.Dataset":
 
 
 def _fit(state: _RunState, plan: SubjectPlan, variant, fit_index: np.ndarray,
-         validation_index: np.ndarray | None):
+         validation_index: np.ndarray | None, models: dict | None = None):
     """Return the variant's recipe fitted on ``fit_index`` (with the variant's seed).
 
     A recipe whose ``fit`` takes ``validation_index`` gets the validation part, e.g. for
@@ -442,7 +467,7 @@ def _fit(state: _RunState, plan: SubjectPlan, variant, fit_index: np.ndarray,
     import inspect
 
     seed = state.registry.seed if variant.seed is None else variant.seed
-    context = dataclasses.replace(state.context, seed=seed)
+    context = dataclasses.replace(state.context, seed=seed, models=dict(models or {}))
     seed_everything(seed)
     model = context.build("recipe", {"name": variant.recipe, **variant.params})
     if validation_index is not None and "validation_index" in inspect.signature(model.fit).parameters:
@@ -457,22 +482,24 @@ def _refits(registry: Registry, plan: SubjectPlan) -> bool:
     return plan.refit_submission if refit == "auto" else bool(refit and plan.data.test_images)
 
 
-def _refit_submission(state: _RunState, plan: SubjectPlan, variant, submission: Path) -> None:
+def _refit_submission(state: _RunState, plan: SubjectPlan, variant, submission: Path,
+                      models: dict | None = None) -> None:
     """Export the challenge submission of ``variant`` refitted on every training image."""
     every = np.arange(len(plan.data.train_images))
     state.log(f"{plan.subject} {variant.base}: refit on all {len(every)} training images for "
               "the submission")
-    model = _fit(state, plan, variant, every, None)
+    model = _fit(state, plan, variant, every, None, models)
     export_submission(_unpack(model.predict(plan.data, "test"))[0], plan.data.unit_blocks(),
                       submission)
 
 
-def select_headline(state: _RunState, plan: SubjectPlan, base: str, entries: list) -> "xr.Dataset":
+def select_headline(state: _RunState, plan: SubjectPlan, base: str, entries: list) -> tuple:
     """Choose a swept model's point on validation; write it as the model's headline part.
 
     The headline folder ``models/<base>/<subject>/`` holds the chosen point's results
     (its first seed), ``selection.json`` (every point's validation score), and, where
     :func:`_refits`, a submission from the chosen settings refitted on all training images.
+    Returns ``(headline Dataset, chosen variant)``.
     """
     import shutil
 
@@ -514,7 +541,7 @@ def select_headline(state: _RunState, plan: SubjectPlan, base: str, entries: lis
     state.log(f"{subject} {base}: selected {label} on {len(plan.validation_index)} validation "
               f"images ({registry.selection.metric} "
               f"{next(p['mean'] for p in selection.points if p['chosen']):.4f})")
-    return ds
+    return ds, chosen_variant
 
 
 def read_predictions(folder: Path) -> "xr.Dataset":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import neuroenc
 from neuroenc import hookimpl
 
-from . import backbones, datasets, fwrf, mappers, metrics, recipes
+from . import backbones, datasets, ensemble, fwrf, mappers, metrics, recipes
 
 __version__ = neuroenc.__version__
 
@@ -38,4 +38,4 @@ def neuroenc_metrics():
 
 @hookimpl
 def neuroenc_recipes():
-    return recipes.COMPONENTS
+    return recipes.COMPONENTS + ensemble.COMPONENTS

@@ -242,6 +242,37 @@ class TimmBackbone:
                 out, (min(out.shape[2], size), min(out.shape[3], size)))
         return out
 
+    def split_before(self, block: int) -> PrefixSplit | None:
+        """Return this backbone cut before ``blocks[block]``, or None where it cannot be cut.
+
+        Fine-tuning only the last blocks changes nothing before them: the input of the
+        first trained block can then be computed once (and cached) and each training
+        step runs the remaining blocks only. Possible where the model's ``blocks`` is a
+        sequence of modules each called on the running tensor alone, and every layer
+        read is the output of one of them (timm's EfficientNet / MobileNet family); a
+        check on a probe image that the cut model gives the same features as the whole
+        one decides (a ViT whose blocks take rotary embeddings, say, fails it: None).
+        """
+        import torch
+
+        blocks = getattr(self.module, "blocks", None)
+        if not isinstance(blocks, torch.nn.Sequential) or not 0 < block < len(blocks):
+            return None
+        position = {f"blocks.{k}": k for k in range(len(blocks))}
+        if any(name not in position for name in self.layer_names):
+            return None
+        split = PrefixSplit(self, block, {name: position[name] for name in self.layer_names})
+        probe = torch.rand(2, *self.data_config["input_size"], generator=torch.Generator().manual_seed(0))
+        try:
+            with torch.inference_mode():
+                whole = self.forward_features(probe)
+                cut = split.suffix(split.forward_features(probe)["prefix"])
+        except Exception:  # any model this cut does not fit: train it whole
+            return None
+        if not all(torch.allclose(cut[name], whole[name], rtol=1e-4, atol=1e-5) for name in cut):
+            return None
+        return split
+
     def identity(self) -> dict:
         import timm
 
@@ -269,6 +300,60 @@ class TimmBackbone:
             **({"map_size": self.params.map_size} if self.params.pooling == "map" else {}),
         }
 
+
+
+class _StopForward(Exception):
+    """Raised by a pre-hook to end a forward pass once the prefix is computed."""
+
+
+class PrefixSplit:
+    """A timm backbone cut before ``blocks[block]`` (:meth:`TimmBackbone.split_before`).
+
+    ``forward_features(batch)`` gives ``{"prefix": input of blocks[block]}`` (an image
+    backbone for :func:`neuroenc.stimuli.features.extract_features`, which caches it);
+    ``suffix(prefix)`` runs the remaining blocks and returns the pooled features of the
+    layers read after the cut (``suffix_layers``); the other layers are unchanged by
+    training those blocks and come from the ordinary feature cache.
+    """
+
+    def __init__(self, backbone: TimmBackbone, block: int, positions: dict[str, int]):
+        self.backbone = backbone
+        self.block = block
+        self.module = backbone.module
+        self.preprocess = backbone.preprocess
+        self.suffix_layers = [name for name, k in positions.items() if k >= block]
+        self._positions = positions
+
+    def forward_features(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        captured = {}
+
+        def hook(_module, args):
+            captured["prefix"] = args[0]
+            raise _StopForward
+
+        handle = self.module.blocks[self.block].register_forward_pre_hook(hook)
+        try:
+            self.module.forward_intermediates(batch, indices=self.backbone.indices,
+                                              intermediates_only=True)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        if "prefix" not in captured:
+            raise RuntimeError(f"blocks.{self.block} of {self.backbone.params.model_name!r} did not run")
+        return {"prefix": captured["prefix"]}
+
+    def suffix(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        wanted = {self._positions[name]: name for name in self.suffix_layers}
+        out = {}
+        for k in range(self.block, max(wanted) + 1 if wanted else self.block):
+            x = self.module.blocks[k](x)
+            if k in wanted:
+                out[wanted[k]] = self.backbone._pool(x)
+        return out
+
+    def identity(self) -> dict:
+        return {**self.backbone.identity(), "prefix_before": f"blocks.{self.block}"}
 
 
 def _is_vit_like(model_name: str) -> bool:

@@ -134,6 +134,8 @@ class LLMVEMModel:
         self.net: _Net | None = None
         self.backbone = None
         self._cached_features: dict[str, list[np.ndarray]] = {}
+        self._cached_prefix: dict[tuple[str, int], np.ndarray] = {}
+        self._splits: dict[int, object] = {}
         # building a loss draws no random numbers, so it can happen before seeding
         self.alignment_loss = (context.build("alignment_loss", params.alignment)
                                if params.alignment is not None else None)
@@ -160,6 +162,42 @@ class LLMVEMModel:
             self._cached_features[split] = list(layers.values())
         return [torch.from_numpy(np.asarray(f[index])).view(len(index), *shape)
                 for f, shape in zip(self._cached_features[split], self.layer_shapes)]
+
+    def _prefix_split(self, stages: list[StageConfig]):
+        """Return the backbone cut before the first block any of ``stages`` trains, or None.
+
+        Only where every trained backbone parameter lies in ``backbone.blocks.<k>`` and the
+        backbone can be cut there (``split_before``): training then runs the blocks from
+        the cut on their cached input, and everything before the cut stays as built.
+        """
+        trained = [name for name, _ in self.net.backbone.named_parameters(prefix="backbone")
+                   if any(self._selected(name, stage) for stage in stages)]
+        blocks = set()
+        for name in trained:
+            parts = name.split(".")
+            if len(parts) < 3 or parts[1] != "blocks" or not parts[2].isdigit():
+                return None
+            blocks.add(int(parts[2]))
+        if not blocks or not hasattr(self.backbone, "split_before"):
+            return None
+        key = min(blocks)
+        if key not in self._splits:
+            self._splits[key] = self.backbone.split_before(key)
+        return self._splits[key]
+
+    def _split_features(self, data, split: str, index: np.ndarray, cut) -> list[torch.Tensor]:
+        """Features of ``index`` through a cut backbone: cached prefix -> trained blocks;
+        the layers before the cut from the frozen feature cache."""
+        if (split, cut.block) not in self._cached_prefix:
+            images = data.train_images if split == "train" else data.test_images
+            self._cached_prefix[split, cut.block] = extract_features(
+                cut, images, self.context, description=f"{data.subject} {split} "
+                f"input of blocks.{cut.block}")["prefix"]
+        prefix = torch.from_numpy(np.asarray(self._cached_prefix[split, cut.block][index]))
+        after = cut.suffix(prefix.to(self.device))
+        frozen = self._layer_features(data, split, index)
+        return [after[name] if name in after else f.to(self.device)
+                for name, f in zip(self.backbone.layer_names, frozen)]
 
     def _loader(self, images: list[Path], batches: list[torch.Tensor]):
         """Return a DataLoader yielding exactly ``batches`` (index tensors into ``images``)."""
@@ -209,7 +247,8 @@ class LLMVEMModel:
         text = None
         if self.alignment_weight > 0:
             # captions of the images trained on (fit_index is sorted, as are the targets)
-            text = torch.from_numpy(self._text_embeddings([data.train_images[i] for i in fit_index]))
+            text = torch.from_numpy(np.array(self._text_embeddings(
+                [data.train_images[i] for i in fit_index]), dtype=np.float32))
 
         # Everything below draws from the seeded RNG in the same order with or without
         # alignment, so lambda = 0 trains exactly the model without alignment.
@@ -287,6 +326,9 @@ class LLMVEMModel:
         # cached frozen features are valid only for the backbone as built, never after fine-tuning
         frozen_features_valid = not train_backbone and not backbone_trained
         use_cache = frozen_features_valid and stage.min_crop_scale == 1.0
+        # fine-tuning the last blocks without augmentation: run them on their cached input
+        cut = (self._prefix_split(p.stages[:stage_no + 1])
+               if not frozen_features_valid and stage.min_crop_scale == 1.0 else None)
         batch_size = stage.batch_size or ctx.batch_size
         n_fit = len(fit_index)
         steps_per_epoch = max(1, n_fit // batch_size) if n_fit > batch_size else 1
@@ -327,7 +369,8 @@ class LLMVEMModel:
             batches = order.split(batch_size)
             if len(batches) > 1 and len(batches[-1]) < 2:
                 batches = batches[:-1]  # BatchNorm needs two samples
-            loader = None if use_cache else iter(self._loader(fit_images, list(batches)))
+            loader = None if use_cache or cut is not None else iter(
+                self._loader(fit_images, list(batches)))
             totals = {"loss": 0.0, "mse": 0.0, "align": 0.0}
             with ctx.progress(f"{data.subject} {stage.name} epoch {epoch + 1}/{stage.epochs}",
                               n_fit) as advance:
@@ -337,6 +380,12 @@ class LLMVEMModel:
                         feats = [f.to(self.device) for f in feats]
                         y = targets[batch_idx]
                         t = text[batch_idx] if text is not None else None
+                    elif cut is not None:
+                        y = targets[batch_idx]
+                        t = text[batch_idx] if text is not None else None
+                        with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp):
+                            feats = self._split_features(data, "train",
+                                                         fit_index[batch_idx.numpy()], cut)
                     else:
                         images = next(loader)
                         if augment is not None:
@@ -367,7 +416,8 @@ class LLMVEMModel:
                     advance(len(batch_idx), f"{data.subject} {stage.name} {epoch + 1}/{stage.epochs} "
                                             f"loss {totals['loss'] / (step + 1):.4f}")
             n_steps = max(1, len(batches))
-            predicted_val = self._predict_index(data, "train", val_index, frozen_features_valid)
+            predicted_val = self._predict_index(data, "train", val_index, frozen_features_valid,
+                                                self._prefix_split(p.stages[:stage_no + 1]))
             score = _validation_score(measured_val, predicted_val, p.validation_metric)
             self.history.append({"stage": stage.name, "epoch": epoch + 1,
                                  "loss": totals["loss"] / n_steps, "mse": totals["mse"] / n_steps,
@@ -401,13 +451,20 @@ class LLMVEMModel:
             torch.save(state, tmp)
 
     # -- prediction ---------------------------------------------------------------------
-    def _predict_index(self, data, split: str, index: np.ndarray, use_cache: bool) -> np.ndarray:
+    def _predict_index(self, data, split: str, index: np.ndarray, use_cache: bool,
+                       cut=None) -> np.ndarray:
+        """Predict ``index`` of ``split``: from cached frozen features (``use_cache``),
+        through a cut backbone (``cut``: trained last blocks on their cached input), or
+        by whole forward passes of the images."""
         net = self.net
         net.eval()
         out = []
         batch_size = self.context.batch_size
         with torch.inference_mode():
-            if use_cache:
+            if cut is not None and not use_cache:
+                for chunk in np.array_split(index, max(1, math.ceil(len(index) / batch_size))):
+                    out.append(net.head(self._split_features(data, split, chunk, cut))[0].float().cpu())
+            elif use_cache:
                 for chunk in np.array_split(index, max(1, math.ceil(len(index) / batch_size))):
                     feats = [f.to(self.device) for f in self._layer_features(data, split, chunk)]
                     out.append(net.head(feats)[0].float().cpu())
@@ -425,7 +482,9 @@ class LLMVEMModel:
         n = len(data.train_images if split == "train" else data.test_images)
         index = np.arange(n) if index is None else np.asarray(index)
         backbone_trained = any(self._trains_backbone(s) for s in self.params.stages)
-        return self._predict_index(data, split, index, use_cache=not backbone_trained)
+        # the blocks before the cut were never trained (augmented or not): their cached output holds
+        cut = self._prefix_split(self.params.stages) if backbone_trained else None
+        return self._predict_index(data, split, index, use_cache=not backbone_trained, cut=cut)
 
     # -- a saved encoder (neuroenc.core.encoders) ---------------------------------------
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
