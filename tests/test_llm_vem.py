@@ -283,3 +283,48 @@ def test_the_training_checkpoint_key_covers_the_caption_embeddings(manager, tmp_
     keys = {model._checkpoint_path(data, train_index, val_index, t) for t in (None, captions, edited)}
     assert len(keys) == 3
     assert model._checkpoint_path(data, train_index, val_index, captions.clone()) in keys
+
+
+# -- fine-tuning the last blocks on their cached input ----------------------------------
+TINY_EFFNET = {"name": "timm", "model_name": "tf_efficientnet_lite0", "pretrained": False,
+               "image_size": 64, "layers": [2, 4], "pooling": "map", "map_size": 4}
+
+
+def test_a_backbone_cut_before_a_block_gives_the_same_features(manager, tmp_path):
+    ctx = _context(manager, tmp_path)
+    backbone = ctx.build("image_backbone", TINY_EFFNET)
+    cut = backbone.split_before(6)
+    assert cut.suffix_layers == ["blocks.6"]
+    images = torch.rand(3, 3, 64, 64)
+    with torch.inference_mode():
+        whole = backbone.forward_features(images)
+        after = cut.suffix(cut.forward_features(images)["prefix"])
+    torch.testing.assert_close(after["blocks.6"], whole["blocks.6"], rtol=1e-4, atol=1e-5)
+    assert backbone.split_before(0) is None  # nothing before the first block to cache
+    eva = ctx.build("image_backbone", {**TINY_EVA, "pooling": "all"})
+    assert eva.split_before(1) is None       # its blocks take rotary embeddings: no cut
+
+
+def test_fine_tuning_on_the_cached_block_input_trains_the_same_model(manager, tmp_path,
+                                                                     small_demo_root, monkeypatch):
+    from neuroenc_builtins.backbones import TimmBackbone
+
+    data = read_subject(small_demo_root, "subj01")
+    stages = [{"name": "head", "train": ["head"], "epochs": 2, "lr": 3e-3, "warmup_epochs": 0},
+              {"name": "finetune", "train": ["head", "backbone.blocks.6.*"], "epochs": 2,
+               "lr": 1e-3, "warmup_epochs": 0}]
+    recipe = _recipe(None, stages, backbone=TINY_EFFNET, early_stopping_patience=None)
+    cut_model, cut = _fit_predict(manager, tmp_path, data, recipe, "cut")
+    assert cut_model._splits and (tmp_path / "cut" / "cache" / "features").is_dir()
+    monkeypatch.setattr(TimmBackbone, "split_before", lambda self, block: None)
+    whole_model, whole = _fit_predict(manager, tmp_path, data, recipe, "whole")
+    assert not any(whole_model._splits.values())
+    np.testing.assert_allclose(cut, whole, rtol=1e-3, atol=1e-3)
+    from neuroenc.core.context import seed_everything
+
+    seed_everything(0)  # as fit() does right before it builds the backbone
+    fresh = dict(_context(manager, tmp_path / "fresh").build("image_backbone", TINY_EFFNET)
+                 .module.named_parameters())
+    changed = [n for n, p in cut_model.net.backbone.named_parameters()
+               if not torch.equal(p, fresh[n])]
+    assert changed and all(n.startswith("blocks.6.") for n in changed)
