@@ -112,6 +112,10 @@ def test_sweep_point_is_selected_on_validation_and_is_the_headline(tmp_path):
     # the report's sweep section: the selected point against the sweep's first point
     from neuroenc.viz.report import write_report
 
+    from neuroenc.viz import plotting
+
+    fig = plotting.plot_sweep(run, "pearson", model="ridge")  # seeds averaged: one x per point
+    assert len(fig.axes[0].get_lines()[0].get_xdata()) == 2 and "2 seeds" in fig._suptitle.get_text()
     html = write_report(run, n_boot=50, max_surface_maps=0).read_text()
     assert "ridge (selected point) minus ridge@mapper.alphas=[1e7],seed=0" in html.replace(
         "10000000.0", "1e7") and "fraction_a_better" in html

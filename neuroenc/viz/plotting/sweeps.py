@@ -70,6 +70,8 @@ def plot_sweep(sweeps: Mapping[str, xr.Dataset] | str | Path, variable: str | No
         if model not in found:
             raise KeyError(f"no sweep of model {model!r}; found: {', '.join(found)}")
         sweeps = found[model]
+    n_seeds = max(_n_seeds(ds) for ds in sweeps.values())
+    sweeps = {subject: _mean_over_seeds(ds) for subject, ds in sweeps.items()}
     first = next(iter(sweeps.values()))
     dim = _sweep_dim(first)
     variable = variable or default_variable(first)
@@ -108,16 +110,43 @@ def plot_sweep(sweeps: Mapping[str, xr.Dataset] | str | Path, variable: str | No
     else:
         ax.set_xticks(xs)
         ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
-    params = json.loads(first.attrs.get("sweep_parameters", "[]") or "[]")
+    params = [k for k in json.loads(first.attrs.get("sweep_parameters", "[]") or "[]")
+              if k != "seed"]
     ax.set_xlabel(", ".join(params) or dim, fontsize=8)
     ax.set_ylabel(_label(variable), fontsize=8)
     ax.tick_params(axis="y", labelsize=7)
     ax.spines[["top", "right"]].set_visible(False)
     ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.02, 0.5),
               title="ROI class (median)", title_fontsize=7)
-    fig.suptitle(title or f"sweep of {model} ({len(sweeps)} subject{'s' * (len(sweeps) > 1)})",
-                 fontsize=9)
+    seeds = f", mean of {n_seeds} seeds" if n_seeds > 1 else ""
+    fig.suptitle(title or f"sweep of {model}, scored split ({len(sweeps)} "
+                 f"subject{'s' * (len(sweeps) > 1)}{seeds})", fontsize=9)
     return _finish(fig, out, dpi)
+
+
+def _n_seeds(ds: xr.Dataset) -> int:
+    if "seed" not in ds.coords or ds["seed"].dims != (_sweep_dim(ds),):
+        return 1
+    return len(set(ds["seed"].values.tolist()))
+
+
+def _mean_over_seeds(ds: xr.Dataset) -> xr.Dataset:
+    """Return a sweep with its ``seed`` coordinate (replicates) averaged out, per vertex."""
+    dim = _sweep_dim(ds)
+    if _n_seeds(ds) == 1 and "seed" not in ds.coords:
+        return ds
+    others = [str(c) for c in ds.coords if ds[c].dims == (dim,) and c != "seed"]
+    keys = list(zip(*[ds[c].values.tolist() for c in others])) if others else [()] * ds.sizes[dim]
+    unique = list(dict.fromkeys(keys))
+    new_dim = others[0] if len(others) == 1 else "sweep_point"
+    parts = [ds.isel({dim: [i for i, k in enumerate(keys) if k == u]}).drop_vars(
+        others + ["seed"]).mean(dim, keep_attrs=True) for u in unique]
+    out = xr.concat(parts, dim=new_dim, combine_attrs="override")
+    for j, coord in enumerate(others):
+        out = out.assign_coords({coord: (new_dim, [u[j] for u in unique])})
+    if not others:
+        out = out.assign_coords({new_dim: (new_dim, ["(seeds)"])})
+    return out
 
 
 def _short(value) -> str:
