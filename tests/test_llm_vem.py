@@ -310,21 +310,24 @@ def test_fine_tuning_on_the_cached_block_input_trains_the_same_model(manager, tm
     from neuroenc_builtins.backbones import TimmBackbone
 
     data = read_subject(small_demo_root, "subj01")
-    stages = [{"name": "head", "train": ["head"], "epochs": 2, "lr": 3e-3, "warmup_epochs": 0},
+    stages = [{"name": "head", "train": ["head"], "epochs": 1, "lr": 3e-3, "warmup_epochs": 0},
               {"name": "finetune", "train": ["head", "backbone.blocks.6.*"], "epochs": 2,
-               "lr": 1e-3, "warmup_epochs": 0}]
-    recipe = _recipe(None, stages, backbone=TINY_EFFNET, early_stopping_patience=None)
+               "lr": 1e-4, "warmup_epochs": 0}]
+    recipe = _recipe(None, stages, backbone={**TINY_EFFNET, "image_size": 32},
+                     early_stopping_patience=None)
     cut_model, cut = _fit_predict(manager, tmp_path, data, recipe, "cut")
     assert cut_model._splits and (tmp_path / "cut" / "cache" / "features").is_dir()
     monkeypatch.setattr(TimmBackbone, "split_before", lambda self, block: None)
     whole_model, whole = _fit_predict(manager, tmp_path, data, recipe, "whole")
     assert not any(whole_model._splits.values())
+    # the same model up to float rounding (the cut's input is computed in channels-last
+    # layout, as all cached features are), which a few optimiser steps amplify a little
     np.testing.assert_allclose(cut, whole, rtol=1e-3, atol=1e-3)
     from neuroenc.core.context import seed_everything
 
     seed_everything(0)  # as fit() does right before it builds the backbone
-    fresh = dict(_context(manager, tmp_path / "fresh").build("image_backbone", TINY_EFFNET)
-                 .module.named_parameters())
+    fresh = dict(_context(manager, tmp_path / "fresh").build(
+        "image_backbone", {**TINY_EFFNET, "image_size": 32}).module.named_parameters())
     changed = [n for n, p in cut_model.net.backbone.named_parameters()
                if not torch.equal(p, fresh[n])]
     assert changed and all(n.startswith("blocks.6.") for n in changed)

@@ -154,3 +154,17 @@ def test_without_test_fmri_the_submission_is_a_refit_on_all_training_images(tmp_
     point = np.load(holdout.run_dir / "submission" / "ridge@mapper.alphas=[1.0]" / "sub-01"
                     / "all_pred_test.npy")
     assert np.abs(point - reference).max() > 1e-4  # the point itself saw fewer images
+
+
+def test_the_selection_block_reads_yaml_on_and_rejects_the_unknown(tmp_path):
+    from neuroenc.core.config import RegistryError, load_registry
+
+    path = tmp_path / "r.yaml"
+    path.write_text("name: x\nmodels: {m: {recipe: frozen-features}}\n"
+                    "selection: {on: validation, fraction: 0.2, metric: mean_pearson}\n")
+    registry = load_registry(path)  # YAML 1.1 reads the key `on` as true
+    assert registry.selection.on == "validation" and registry.selection.fraction == 0.2
+    path.write_text("name: x\nmodels: {m: {recipe: frozen-features}}\n"
+                    "selection: {on: test}\n")
+    with pytest.raises(RegistryError, match=r"selection\.on"):
+        load_registry(path)
