@@ -214,7 +214,11 @@ def write_report(run_dir: str | Path, out_path: str | Path | None = None, *,
     doc.section("Summary")
     doc.note(f"Challenge-style score: the mean {variable} over every vertex of every subject "
              "(both hemispheres), as on the Algonauts 2023 leaderboard.")
-    doc.table(scores.sort_values(ascending=False).to_frame(), digits=2)
+    headline = scores.reindex(main).sort_values(ascending=False)
+    doc.table(headline.to_frame(), digits=2)
+    if len(headline) < len(scores):
+        doc.note("A swept model is its point selected on validation; every point's score on "
+                 "the scored split is in the Sweeps section.")
     class_table = roi_table(results, variable, level="roi_class", n_boot=0)
     spread = across_subjects(class_table)
     cell = spread.assign(text=[
@@ -222,7 +226,7 @@ def write_report(run_dir: str | Path, out_path: str | Path | None = None, *,
         for m, s in zip(spread["mean"], spread["sem"])])
     pivot = cell.pivot(index="model", columns="roi_class", values="text")
     pivot = pivot[[c for c in dict.fromkeys(spread.roi_class) if c in pivot.columns]]
-    pivot = pivot.reindex([m for m in main + models if m in pivot.index]).drop_duplicates()
+    pivot = pivot.reindex([m for m in main if m in pivot.index])
     doc.note(f"Median {variable} per ROI class (all its ROIs pooled), mean over "
              f"{len(results)} subject(s) ± sem across subjects.")
     doc.table(pivot.loc[~pivot.index.duplicated()])
@@ -232,8 +236,7 @@ def write_report(run_dir: str | Path, out_path: str | Path | None = None, *,
     compare = main if len(main) <= 6 else main[:6]
     if len(compare) < len(models):
         doc.note(f"Models shown: {', '.join(compare)} (each sweep by its point selected on "
-                 "validation; "
-                 "every model is in the tables).")
+                 "validation; the Sweeps section and the per-ROI table have every point).")
     # one bootstrap for the plots and the per-ROI table (CIs are drawn with one subject)
     boot = n_boot if len(results) == 1 else 0
     class_boot = roi_table(results, variable, level="roi_class", n_boot=boot, seed=seed)
