@@ -121,8 +121,9 @@ def test_two_gloo_ranks_train_the_model_one_process_trains(tmp_path, small_demo_
     # The same model, within float32 rounding. Two ranks sum a batch's gradient in two
     # parts and add them (gloo), likewise BatchNorm's statistics and the MSE's shares:
     # reassociations of about 1e-7 relative. Measured here: the losses of every epoch
-    # agree to 1e-7 relative, trained weights to 6e-7; one process with 1 thread against
-    # the same with 2 threads differs as much (9e-7). The biases before BatchNorm (and
+    # agree to 1e-7 relative, trained weights to 6e-7 (single elements whose gradient is
+    # near zero, which AdamW scales up, to 1e-5, 4e-4 of their value); one process with 1
+    # thread against the same with 2 threads differs as much (9e-7). The biases before BatchNorm (and
     # so the running means) get no gradient in exact arithmetic; AdamW scales their
     # rounding noise to lr-sized steps, so they differ by 2e-2 between 1 and 2 threads
     # already and are compared through the predictions only (measured 5.6e-4 at a scale
@@ -132,7 +133,7 @@ def test_two_gloo_ranks_train_the_model_one_process_trains(tmp_path, small_demo_
     for rank_out in out:
         for name, value in reference.net.head.state_dict().items():
             if not name.endswith(free):
-                np.testing.assert_allclose(rank_out["head"][name], value.numpy(), rtol=0, atol=1e-5,
+                np.testing.assert_allclose(rank_out["head"][name], value.numpy(), rtol=2e-3, atol=1e-5,
                                            err_msg=f"head.{name}")
         assert rank_out["log_scale"] == pytest.approx(float(reference.net.alignment.log_scale),
                                                       abs=1e-5)
