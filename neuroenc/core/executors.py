@@ -73,6 +73,11 @@ def run_task(task: PartTask) -> dict:
     """
     from neuroenc.core.runner import run_one_part
 
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    if cpus and cpus.isdigit():  # torch would start a thread per core of the node, not of the task
+        import torch
+
+        torch.set_num_threads(int(cpus))
     t0 = time.perf_counter()
     timings = run_one_part(Path(task.run_dir), task.subject, task.model, strict=task.strict,
                            blocked=task.blocked, log=(lambda msg: None) if task.quiet else print)
