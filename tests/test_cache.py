@@ -65,6 +65,62 @@ def test_two_runs_on_one_cache_extract_once(tmp_path):
     assert len(entries) == 1 and not entries[0].startswith(".")
 
 
+def _train_in_child(cache: str, root: str, go, results) -> None:
+    """One of two twins: fit the same llm-vem model on the same cache, counting training steps."""
+    import torch
+
+    from neuroenc.core.context import RunContext
+    from neuroenc.core.plugins import PluginManager
+    from neuroenc_builtins.algonauts import read_subject
+    from neuroenc_llmvem import recipe
+
+    torch.set_num_threads(1)
+    steps = []
+    forward = recipe._TrainStep.forward
+
+    def counting(self, inputs, y, t):
+        steps.append(len(y))
+        return forward(self, inputs, y, t)
+    recipe._TrainStep.forward = counting
+    context = RunContext(manager=PluginManager(strict=True), cache_dir=Path(cache), seed=0,
+                         batch_size=16, show_progress=False)
+    data = read_subject(Path(root), "subj01")
+    model = context.build("recipe", {
+        "name": "llm-vem", "validation_fraction": 0.2,
+        "backbone": {"name": "eva02", "model_name": "eva02_tiny_patch14_224", "pretrained": False,
+                     "image_size": 28, "layers": [1], "model_kwargs": {"depth": 2}},
+        "mapper": {"name": "pca-head", "n_components": 8, "low_rank": 16},
+        "captioner": "dataset-captions", "text_encoder": "sentence-transformers",
+        "alignment": {"name": "contrastive", "weight": 0.1},
+        "stages": [{"name": "head", "train": ["head"], "epochs": 2, "lr": 1e-3}]})
+    go.wait()
+    model.fit(data, np.arange(len(data.train_images)))
+    results.put({"steps": len(steps), "history": model.history,
+                 "head": float(sum(v.double().sum() for v in model.net.head.state_dict().values()))})
+
+
+def test_two_runs_training_one_llm_vem_model_train_it_once(tmp_path, small_demo_root):
+    ctx = forked.context()
+    go, results = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_train_in_child, args=(str(tmp_path / "cache"), str(small_demo_root),
+                                                       go, results)) for _ in range(2)]
+    for proc in procs:
+        proc.start()
+    go.set()
+    outputs = [results.get(timeout=300) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=60)
+        assert proc.exitcode == 0
+    # one trained (2 epochs of 6 steps), the other waited on the training's lock and
+    # loaded the finished checkpoint; features, captions and text embeddings likewise
+    assert sorted(o["steps"] for o in outputs) == [0, 12]
+    assert outputs[0]["history"] == outputs[1]["history"]
+    assert outputs[0]["head"] == outputs[1]["head"]
+    assert len(list((tmp_path / "cache" / "training").glob("*.pt"))) == 1
+    assert len(list((tmp_path / "cache" / "features").iterdir())) == 1
+    assert len(list((tmp_path / "cache" / "text-embeddings").iterdir())) == 1
+
+
 def test_cache_entries_are_readable_by_the_group(tmp_path):
     old = os.umask(0o022)
     try:

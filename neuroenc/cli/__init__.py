@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 from typing import Annotated, Optional
@@ -89,6 +90,23 @@ def run(
     resume: Annotated[Optional[Path], typer.Option(
         "--resume", help="finish an interrupted run in its folder: complete parts are kept, "
         "the others redone (with the registry it was started with)")] = None,
+    executor: Annotated[Optional[str], typer.Option(
+        "--executor", help="override compute.executor: serial (default), local (--jobs "
+        "processes), slurm (a job array through submitit; docs/cluster.md)")] = None,
+    jobs: Annotated[Optional[int], typer.Option(
+        "--jobs", help="override compute.jobs: local processes, or SLURM array tasks at once")] = None,
+    slurm_partition: Annotated[Optional[str], typer.Option(
+        "--partition", help="override compute.slurm.partition")] = None,
+    slurm_time: Annotated[Optional[int], typer.Option(
+        "--time-min", help="override compute.slurm.time_min (minutes per task)")] = None,
+    slurm_mem: Annotated[Optional[float], typer.Option(
+        "--mem-gb", help="override compute.slurm.mem_gb (memory per task)")] = None,
+    slurm_gpus: Annotated[Optional[int], typer.Option(
+        "--gpus-per-task", help="override compute.slurm.gpus_per_task")] = None,
+    slurm_account: Annotated[Optional[str], typer.Option(
+        "--account", help="override compute.slurm.account")] = None,
+    slurm_options: Annotated[Optional[list[str]], typer.Option(
+        "--sbatch", help="a further sbatch option KEY=VALUE (repeatable), e.g. --sbatch qos=high")] = None,
     strict: Strict = False,
     block: Block = None,
 ) -> None:
@@ -115,6 +133,9 @@ def run(
             _fail(exc)
     if device is not None:
         registry.compute.device = device
+    _override_compute(registry, executor=executor, jobs=jobs, partition=slurm_partition,
+                      time_min=slurm_time, mem_gb=slurm_mem, gpus_per_task=slurm_gpus,
+                      account=slurm_account, options=slurm_options)
     if dry_run:
         from neuroenc.core.plan import format_plan, plan_run
 
@@ -128,9 +149,18 @@ def run(
         import os
 
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers reads it too
+    from neuroenc.core.executors import make_executor
+
+    log = lambda msg: console.print(msg, highlight=False)  # noqa: E731
     try:
-        result = run_registry(registry, manager, show_progress=progress,
-                              log=lambda msg: console.print(msg, highlight=False), resume=resume)
+        chosen = make_executor(registry, str(registry.source or "registry"))
+        with _torchrun(registry, resume) as (rank, resume):
+            if rank > 0:  # the other ranks train alongside rank 0, which alone writes results
+                progress, log = False, (lambda msg: None)
+            result = run_registry(registry, manager, show_progress=progress, log=log,
+                                  resume=resume, executor=chosen)
+            if rank > 0:
+                return
     except (DatasetError, OSError, RuntimeError, ValueError) as exc:
         _fail(exc)
     console.print()
@@ -142,6 +172,76 @@ def run(
         console.print(format_sweep(result.sweep, result.summary.attrs["variable"]), highlight=False,
                       soft_wrap=True)
     console.print(f"\nresults: {result.run_dir}  ({result.timings['total']:.1f} s)")
+
+
+def _override_compute(registry, *, executor, jobs, partition, time_min, mem_gb, gpus_per_task,
+                      account, options) -> None:
+    """Apply the command line's executor options to ``registry.compute``."""
+    compute = registry.compute
+    if executor is not None:
+        if executor not in ("serial", "local", "slurm"):
+            _fail(ValueError(f"--executor {executor!r}: expected serial, local or slurm"))
+        compute.executor = executor
+    if jobs is not None:
+        if jobs < 1:
+            _fail(ValueError(f"--jobs {jobs}: expected at least 1"))
+        compute.jobs = jobs
+    for field, value in (("partition", partition), ("time_min", time_min), ("mem_gb", mem_gb),
+                         ("gpus_per_task", gpus_per_task), ("account", account)):
+        if value is not None:
+            setattr(compute.slurm, field, value)
+    for option in options or []:
+        key, sep, value = option.partition("=")
+        if not sep or not key.strip():
+            _fail(ValueError(f"--sbatch {option!r}: expected KEY=VALUE, e.g. --sbatch qos=high"))
+        compute.slurm.extra[key.strip().lstrip("-")] = value.strip()
+    # the registry validated these fields; the command line's values get the same checks
+    from neuroenc.core.config import ComputeConfig
+
+    try:
+        ComputeConfig.model_validate(compute.model_dump())
+    except Exception as exc:  # noqa: BLE001 - pydantic's message names the field
+        _fail(ValueError(f"command-line compute options: {exc}"))
+
+
+@contextlib.contextmanager
+def _torchrun(registry, resume):
+    """Join a torchrun launch's process group; yield ``(rank, resume)`` for this process.
+
+    Ranks other than 0 write their (identical) results into a temporary folder that is
+    removed afterwards, so that only rank 0's run folder exists.
+    """
+    import shutil
+    import tempfile
+
+    from neuroenc.core import distributed
+    from neuroenc.core.context import resolve_device
+
+    size = distributed.env_world_size()
+    mode = registry.compute.distributed
+    if size <= 1:
+        if mode == "ddp":
+            raise ValueError("compute.distributed: ddp, but this process was not launched by "
+                             "torchrun; run: torchrun --nproc_per_node N -m neuroenc run ...")
+        yield 0, resume
+        return
+    if mode == "none":
+        raise ValueError(f"launched by torchrun with {size} processes, but compute.distributed "
+                         "is none; set it to auto or ddp, or run without torchrun")
+    rank, _ = distributed.init_from_env(resolve_device(registry.compute.device))
+    scratch = None
+    try:
+        if rank > 0:
+            scratch = Path(tempfile.mkdtemp(prefix=f"neuroenc-rank{rank}-"))
+            if resume is not None:
+                shutil.copytree(resume, scratch / "run")
+                resume = scratch / "run"
+            registry.output.dir = scratch / "results"
+        yield rank, resume
+    finally:
+        distributed.shutdown()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _print_summary(summary) -> None:

@@ -143,8 +143,36 @@ class SelectionConfig(_Strict):
         return value
 
 
+class SlurmConfig(_Strict):
+    """The sbatch options of every task of a run on SLURM (``compute.executor: slurm``)."""
+
+    partition: str | None = Field(None, description="partition (sbatch --partition); default: "
+                                  "the cluster's default partition")
+    time_min: int = Field(60, ge=1, description="time limit of one task in minutes (--time)")
+    mem_gb: float | None = Field(None, gt=0, description="memory of one task (--mem); default: "
+                                 "the partition's default")
+    cpus_per_task: int = Field(1, ge=1, description="CPU cores of one task (--cpus-per-task)")
+    gpus_per_task: int = Field(0, ge=0, description="GPUs of one task (--gpus-per-node); needs "
+                               "compute.device cuda or auto")
+    account: str | None = Field(None, description="account to charge (--account)")
+    extra: dict[str, str | int] = Field(default_factory=dict, description="further sbatch "
+                                        "options without the dashes, e.g. {qos: high, "
+                                        "constraint: a100}")
+
+
 class ComputeConfig(_Strict):
     """Where and how fast things run."""
+
+    executor: Literal["serial", "local", "slurm"] = Field(
+        "serial", description="how the run's tasks (model x subject x sweep point) run: "
+        "'serial' one after the other in this process, 'local' in compute.jobs processes, "
+        "'slurm' as a SLURM job array (docs/cluster.md)")
+    jobs: int | None = Field(None, ge=1, description="local: processes at once (default 2, or "
+                             "one per GPU); slurm: array tasks at once (default: no limit)")
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
+    distributed: Literal["auto", "ddp", "none"] = Field(
+        "auto", description="'auto': DistributedDataParallel training when launched by torchrun; "
+        "'ddp': require torchrun; 'none': refuse a torchrun launch")
 
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', 'mps'")
     batch_size: int = Field(32, ge=1)

@@ -84,6 +84,7 @@ class PluginManager:
     def __init__(self, *, strict: bool = False, blocked: Iterable[str] = (),
                  load_entrypoints: bool = True):
         self.strict = strict
+        self.blocked = tuple(blocked)  # recorded, so that a run's workers load the same plugins
         self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self.pm.add_hookspecs(hookspecs)
         self._versions: dict[str, str] = {}

@@ -160,24 +160,32 @@ def _evaluation_split(registry: Registry, data, seed: int) -> tuple[str, np.ndar
     return "holdout", train, holdout
 
 
+def _run_context(registry: Registry, manager: PluginManager, show_progress: bool) -> RunContext:
+    device = resolve_device(registry.compute.device)
+    cache_dir = (registry.resolve_path(registry.compute.cache_dir)
+                 if registry.compute.cache_dir else default_cache_dir())
+    return RunContext(manager=manager, cache_dir=cache_dir, device=device, seed=registry.seed,
+                      batch_size=registry.compute.batch_size,
+                      num_workers=registry.compute.num_workers, show_progress=show_progress,
+                      base_dir=registry.base_dir)
+
+
 def run_registry(registry: Registry, manager: PluginManager, *, show_progress: bool = True,
-                 log=print, resume: Path | None = None) -> RunResult:
+                 log=print, resume: Path | None = None, executor=None) -> RunResult:
     """Run every model of a resolved registry on every chosen subject; return the result.
 
     ``registry`` must have passed :func:`neuroenc.core.config.resolve_registry` with ``manager``.
     ``resume``: a run folder of this registry (killed or failed) to finish in place: its
     complete parts (checked by :func:`neuroenc.core.plan.part_problem`) are kept, the
     others are redone; the summary covers all of them.
+    ``executor`` (:mod:`neuroenc.core.executors`; None: every part in this process): runs
+    the grid of parts (subject x model or sweep point, less the models that combine
+    others) elsewhere first; this process then selects, combines and summarises.
     """
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    device = resolve_device(registry.compute.device)
-    cache_dir = (registry.resolve_path(registry.compute.cache_dir)
-                 if registry.compute.cache_dir else default_cache_dir())
-    context = RunContext(manager=manager, cache_dir=cache_dir, device=device, seed=registry.seed,
-                         batch_size=registry.compute.batch_size,
-                         num_workers=registry.compute.num_workers, show_progress=show_progress,
-                         base_dir=registry.base_dir)
+    context = _run_context(registry, manager, show_progress)
+    device, cache_dir = context.device, context.cache_dir
 
     sweep_leftovers(cache_dir, registry.resolve_path(registry.output.dir) / registry.name)
     if resume is None:
@@ -217,6 +225,18 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
     state = _RunState(registry=registry, context=context, metrics=metrics, run_dir=run_dir,
                       device=device, versions=environment["versions"], resume=resume, log=log,
                       timings=timings)
+    if executor is not None:
+        from neuroenc.core.executors import PartTask
+
+        tasks = [PartTask(str(run_dir), subject, v.name, strict=manager.strict,
+                          blocked=tuple(manager.blocked), quiet=executor.name == "local")
+                 for subject in subjects for v in registry.variants()
+                 if not combines_models(manager, v)]
+        t0 = time.perf_counter()
+        for done in executor.run(tasks, run_dir, log=log):
+            timings.update(done["timings"])
+        timings[f"{executor.name} tasks"] = time.perf_counter() - t0
+        state.resume = run_dir  # every part is written: below, keep them, select and combine
     results, points = [], []
     for subject in subjects:
         subject_results, subject_points = run_subject(state, reader, subject)
@@ -244,6 +264,35 @@ def run_registry(registry: Registry, manager: PluginManager, *, show_progress: b
     mark_complete(run_dir)
     _point_latest(run_dir)
     return RunResult(run_dir=run_dir, summary=summary, timings=timings, sweep=sweep_table)
+
+
+def run_one_part(run_dir: Path, subject: str, model: str, *, strict: bool = False,
+                 blocked: tuple[str, ...] = (), log=print) -> dict[str, float]:
+    """Fit, score and write one part of a run folder (an executor's task); return timings.
+
+    The registry is the run's own (``config.yaml``, as for ``--resume``); a complete part
+    is kept, any other redone. Only parts that do not combine other models are tasks.
+    """
+    from neuroenc.core.config import resolve_registry
+    from neuroenc.core.plan import registry_of_run
+
+    manager = PluginManager(strict=strict, blocked=blocked)
+    registry = resolve_registry(registry_of_run(run_dir), manager)
+    context = _run_context(registry, manager, show_progress=False)
+    variant = next((v for v in registry.variants() if v.name == model), None)
+    if variant is None:
+        raise ValueError(f"{run_dir}/config.yaml: no model or sweep point {model!r}")
+    reader = context.build("dataset", {"name": registry.dataset.kind, **registry.dataset.params})
+    timings: dict[str, float] = {}
+    state = _RunState(registry=registry, context=context,
+                      metrics={n: context.build("metric", n) for n in registry.evaluation.metrics},
+                      run_dir=Path(run_dir), device=context.device, versions=package_versions(),
+                      resume=Path(run_dir), log=log, timings=timings)
+    t0 = time.perf_counter()
+    data = reader.load(subject)
+    timings[f"{subject}/load"] = time.perf_counter() - t0
+    run_part(state, plan_subject(registry, data), variant)
+    return timings
 
 
 def part_names(registry: Registry) -> list[str]:

@@ -6,6 +6,10 @@ image's LLM-written description. The paper's exact form and temperature are not 
 (REFERENCE.md section 1); we use the symmetric InfoNCE of CLIP (Radford et al. 2021)
 with in-batch negatives, a fixed temperature of 0.07 by default (CLIP's initial value):
 **our assumption**, configurable.
+
+Under DistributedDataParallel the negatives are global: every rank's embeddings are
+gathered (``distributed.gather_rows``, as open_clip's ``gather_features``), so the loss
+is the one of the global batch and lambda means the same at any number of GPUs.
 """
 
 from __future__ import annotations
@@ -61,6 +65,12 @@ class ContrastiveLoss(torch.nn.Module):
             self.register_buffer("log_scale", scale)
 
     def forward(self, image_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
+        """Return the loss of the global batch: under a process group, of every rank's rows
+        (gathered with gradient; ``distributed.gather_rows``)."""
+        from .distributed import gather_rows
+
+        image_embeddings = gather_rows(image_embeddings)
+        text_embeddings = gather_rows(text_embeddings)
         # CLIP clamps the scale at 100 so a learnable temperature cannot collapse.
         return info_nce(image_embeddings, text_embeddings, self.log_scale.exp().clamp(max=100.0))
 

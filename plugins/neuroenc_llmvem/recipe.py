@@ -38,12 +38,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from neuroenc import Component
-from neuroenc.core.cache import atomic_path, stable_hash
+from neuroenc.core.cache import atomic_path, entry_lock, stable_hash
 from neuroenc.core.config import (AlignmentLossRef, BackboneRef, CaptionerRef, ComponentRef, MapperRef,
                              TextEncoderRef)
 from neuroenc.core.context import seed_everything
 from neuroenc.stimuli.features import ImageFolderDataset, extract_features, hash_images
 from neuroenc.records import Slot
+
+from . import distributed as ddp
 
 HEAD_PATTERNS = ("head.*", "projection.*", "alignment.*")
 
@@ -114,6 +116,39 @@ class _Net(nn.Module):
         self.head = head
         self.projection = projection
         self.alignment = alignment
+
+
+class _TrainStep(nn.Module):
+    """A training step's forward (features when not cached, head, projection, alignment loss).
+
+    One module, so that DistributedDataParallel can wrap the whole step (its gradient
+    hooks need the forward to run through the wrapper). ``features(inputs)`` returns the
+    layers' features of a batch's inputs (images, or image indices for a cut backbone);
+    None: the inputs are the features. Returns ``(mse, alignment)`` of this rank's
+    samples; the alignment is 0 without a projection.
+    """
+
+    def __init__(self, net: _Net, features, *, grad_features: bool, amp: bool, amp_dtype):
+        super().__init__()
+        self.net = net
+        self._features = features  # uses net.backbone's parameters
+        self.grad_features = grad_features
+        self.amp, self.amp_dtype = amp, amp_dtype
+
+    def forward(self, inputs, y: torch.Tensor, t: torch.Tensor | None):
+        device_type = y.device.type
+        if self._features is not None:
+            with torch.set_grad_enabled(self.grad_features), \
+                    torch.autocast(device_type, dtype=self.amp_dtype, enabled=self.amp):
+                inputs = self._features(inputs)
+        net = self.net
+        with torch.autocast(device_type, dtype=self.amp_dtype, enabled=self.amp):
+            pred, shared = net.head(inputs)
+            mse = nn.functional.mse_loss(pred.float(), y)
+            align = torch.zeros((), device=y.device)
+            if net.projection is not None:
+                align = net.alignment(net.projection(shared.float()), t)
+        return mse, align
 
 
 def _validation_score(measured: np.ndarray, predicted: np.ndarray, metric: str) -> float:
@@ -274,6 +309,17 @@ class LLMVEMModel:
         self.net = _Net(self.backbone.module, head, projection, alignment).to(self.device)
 
         ckpt_path = self._checkpoint_path(data, fit_index, val_index, text)
+        # Two runs (or tasks of one run on a cluster) training the same model: the second
+        # waits here for the first, then reuses its finished checkpoint.
+        lock = entry_lock(ctx.cache_dir, "training", ckpt_path.stem)
+        with ddp.main_rank_lock(lock):
+            self._train(data, fit_index, val_index, responses, text, ckpt_path)
+
+    def _train(self, data, fit_index, val_index, responses, text, ckpt_path: Path) -> None:
+        """Train every stage (resuming from, or reusing, the checkpoint at ``ckpt_path``)."""
+        p = self.params
+        if ddp.world_size() > 1:
+            ddp.sync_batchnorm(self.net)  # the head normalises with global batch statistics
         state = load_checkpoint(ckpt_path) if p.resume and ckpt_path.is_file() else None
         if state is not None and state.get("complete"):
             self.net.load_state_dict(state["net"])
@@ -329,7 +375,8 @@ class LLMVEMModel:
         # fine-tuning the last blocks without augmentation: run them on their cached input
         cut = (self._prefix_split(p.stages[:stage_no + 1])
                if not frozen_features_valid and stage.min_crop_scale == 1.0 else None)
-        batch_size = stage.batch_size or ctx.batch_size
+        batch_size = stage.batch_size or ctx.batch_size  # global: split across DDP ranks
+        ddp.check_batch_size(batch_size, stage.name)
         n_fit = len(fit_index)
         steps_per_epoch = max(1, n_fit // batch_size) if n_fit > batch_size else 1
         optimizer = torch.optim.AdamW(trainable, lr=stage.lr, weight_decay=stage.weight_decay)
@@ -360,6 +407,15 @@ class LLMVEMModel:
             torch.set_rng_state(resume["torch_rng"])
 
         fit_images = [data.train_images[i] for i in fit_index]
+        if use_cache:  # the inputs are the cached features
+            features, grad_features = None, False
+        elif cut is not None:  # the inputs are image indices; the last blocks run on their cached input
+            features, grad_features = (lambda index: self._split_features(data, "train", index, cut)), True
+        else:  # the inputs are images
+            features = lambda images: list(self.backbone.forward_features(images).values())  # noqa: E731
+            grad_features = train_backbone
+        train_step = ddp.wrap_ddp(_TrainStep(self.net, features, grad_features=grad_features,
+                                             amp=amp, amp_dtype=amp_dtype), self.device)
         for epoch in range(start_epoch, stage.epochs):
             t_epoch = time.perf_counter()
             net.train()
@@ -367,42 +423,35 @@ class LLMVEMModel:
             epoch_seed = ctx.seed * 100_003 + stage_no * 1009 + epoch
             order = torch.randperm(n_fit, generator=torch.Generator().manual_seed(epoch_seed))
             batches = order.split(batch_size)
-            if len(batches) > 1 and len(batches[-1]) < 2:
-                batches = batches[:-1]  # BatchNorm needs two samples
-            loader = None if use_cache or cut is not None else iter(
-                self._loader(fit_images, list(batches)))
+            if len(batches) > 1 and len(batches[-1]) < max(2, ddp.world_size()):
+                batches = batches[:-1]  # BatchNorm needs two samples; DDP one per rank
+            # each DDP rank takes its share of every global batch (all of it without DDP)
+            shards = [ddp.shard(b) for b in batches]
+            loader = None if use_cache or cut is not None else iter(self._loader(fit_images, shards))
             totals = {"loss": 0.0, "mse": 0.0, "align": 0.0}
             with ctx.progress(f"{data.subject} {stage.name} epoch {epoch + 1}/{stage.epochs}",
                               n_fit) as advance:
-                for step, batch_idx in enumerate(batches):
+                for step, (batch_idx, local) in enumerate(zip(batches, shards)):
                     if use_cache:
-                        feats = self._layer_features(data, "train", fit_index[batch_idx.numpy()])
-                        feats = [f.to(self.device) for f in feats]
-                        y = targets[batch_idx]
-                        t = text[batch_idx] if text is not None else None
+                        inputs = self._layer_features(data, "train", fit_index[local.numpy()])
+                        inputs = [f.to(self.device) for f in inputs]
                     elif cut is not None:
-                        y = targets[batch_idx]
-                        t = text[batch_idx] if text is not None else None
-                        with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp):
-                            feats = self._split_features(data, "train",
-                                                         fit_index[batch_idx.numpy()], cut)
+                        inputs = fit_index[local.numpy()]  # the step runs the cut's last blocks
                     else:
-                        images = next(loader)
+                        inputs = next(loader)
                         if augment is not None:
-                            images = augment(images)
-                        y = targets[batch_idx]
-                        t = text[batch_idx] if text is not None else None
-                        with torch.set_grad_enabled(train_backbone), \
-                                torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp):
-                            feats = list(self.backbone.forward_features(images.to(self.device)).values())
-                    with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp):
-                        pred, shared = net.head(feats)
-                        mse = nn.functional.mse_loss(pred.float(), y.to(self.device))
-                        loss = mse
-                        align = torch.zeros(())
-                        if net.projection is not None:
-                            align = net.alignment(net.projection(shared.float()), t.to(self.device))
-                            loss = mse + self.alignment_weight * align
+                            # one crop per global batch, drawn from (seed, stage, epoch, step):
+                            # the same on every DDP rank and at any world size
+                            with torch.random.fork_rng(devices=[]):
+                                torch.manual_seed(epoch_seed * 7919 + step)
+                                inputs = augment(inputs)
+                        inputs = inputs.to(self.device)
+                    y = targets[local].to(self.device)
+                    t = text[local].to(self.device) if text is not None else None
+                    mse, align = train_step(inputs, y, t)
+                    # the gradient of the global batch's loss (ddp.rank_loss says why)
+                    loss = ddp.rank_loss(mse, len(local), len(batch_idx),
+                                         self.alignment_weight * align if net.projection is not None else 0.0)
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
                     if p.grad_clip is not None:
@@ -411,14 +460,21 @@ class LLMVEMModel:
                     scaler.step(optimizer)
                     scaler.update()
                     scheduler.step()
-                    for key, value in (("loss", loss), ("mse", mse), ("align", align)):
-                        totals[key] += float(value.detach())
+                    # this rank's share of the global batch's MSE; the alignment loss is global
+                    totals["mse"] += float(mse.detach()) * len(local) / len(batch_idx)
+                    totals["align"] += float(align.detach()) / ddp.world_size()
+                    totals["loss"] = totals["mse"] + self.alignment_weight * totals["align"]
                     advance(len(batch_idx), f"{data.subject} {stage.name} {epoch + 1}/{stage.epochs} "
                                             f"loss {totals['loss'] / (step + 1):.4f}")
             n_steps = max(1, len(batches))
-            predicted_val = self._predict_index(data, "train", val_index, frozen_features_valid,
-                                                self._prefix_split(p.stages[:stage_no + 1]))
-            score = _validation_score(measured_val, predicted_val, p.validation_metric)
+            totals["mse"], totals["align"] = ddp.all_reduce_sum([totals["mse"], totals["align"]])
+            totals["loss"] = totals["mse"] + self.alignment_weight * totals["align"]
+            score = 0.0
+            if ddp.is_main():  # the weights are equal on every rank: rank 0 validates for all
+                predicted_val = self._predict_index(data, "train", val_index, frozen_features_valid,
+                                                    self._prefix_split(p.stages[:stage_no + 1]))
+                score = _validation_score(measured_val, predicted_val, p.validation_metric)
+            score = ddp.broadcast_float(score)  # so that every rank stops at the same epoch
             self.history.append({"stage": stage.name, "epoch": epoch + 1,
                                  "loss": totals["loss"] / n_steps, "mse": totals["mse"] / n_steps,
                                  "alignment": totals["align"] / n_steps,
@@ -445,6 +501,8 @@ class LLMVEMModel:
             param.requires_grad_(False)
 
     def _save(self, path: Path, state: dict) -> None:
+        if not ddp.is_main():  # under DDP rank 0 writes; every rank holds the same state
+            return
         # Only tensors and plain containers, so that load_checkpoint can use weights_only.
         state = _plain(state)
         with atomic_path(path) as tmp:
