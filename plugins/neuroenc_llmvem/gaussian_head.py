@@ -241,9 +241,10 @@ class GaussianReadoutModule(nn.Module):
         raw = torch.cat(self._raw_pooled(features), dim=1)
         return (raw - self.channel_mean[None, :, None]) / self.channel_scale[None, :, None]
 
-    def _raw_pooled(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def _raw_pooled(self, features: Sequence[torch.Tensor],
+                    maps: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """Return per layer each vertex's pooled (or sampled) channels, (batch, C_l, n_vertices)."""
-        maps = self._maps(features)
+        maps = self._maps(features) if maps is None else maps
         mu = self.mu.clamp(-1, 1)
         sigma = self.sigma
         out = []
@@ -264,19 +265,24 @@ class GaussianReadoutModule(nn.Module):
     def forward(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         # The standardisation is folded into the weights ((p - m) / s . w = p . w / s - m . w / s)
         # so that the (batch, channels, vertices) tensors are not copied to standardise them.
-        raw = self._raw_pooled(features)
-        bounds = np.cumsum([0] + [r.shape[1] for r in raw])
         inv = 1.0 / self.channel_scale
         if self.rank is None:
+            raw = self._raw_pooled(features)
+            bounds = np.cumsum([0] + [r.shape[1] for r in raw])
             w = self.weight * inv[None]  # (V, C)
             pred = self.bias - w @ self.channel_mean
             for r, a, b in zip(raw, bounds[:-1], bounds[1:]):
                 pred = pred + torch.einsum("bcv,vc->bv", r, w[:, a:b])
         else:
+            # Pooling is linear, so the shared basis projects each layer's map *before* it is
+            # pooled: (batch, rank, vertices) per layer instead of (batch, C_l, vertices),
+            # which is what makes ViT layers of 768 channels and 40,000 vertices fit.
             basis = self.basis * inv[None]  # (R, C)
-            z = 0
-            for r, a, b in zip(raw, bounds[:-1], bounds[1:]):
-                z = z + torch.einsum("bcv,rc->brv", r, basis[:, a:b])
+            maps = self._maps(features)
+            bounds = np.cumsum([0] + [m.shape[1] for m in maps])
+            projected = [torch.einsum("bchw,rc->brhw", m, basis[:, a:b])
+                         for m, a, b in zip(maps, bounds[:-1], bounds[1:])]
+            z = sum(self._raw_pooled(None, projected))
             z = z - (basis @ self.channel_mean)[None, :, None]
             pred = torch.einsum("brv,vr->bv", z, self.loadings) + self.bias
         gap = torch.cat([m.mean(dim=(2, 3)) for m in self._maps(features)], dim=1)
