@@ -12,6 +12,8 @@ recipe             ``text-ridge``: caption embeddings -> per-vertex ridge (no
 recipe             ``variance-partitioning``: image features + caption embeddings;
                    per vertex the unique image, unique text and shared variance
                    (R^2 on the scored split), with a banded ridge for the joint model
+recipe             ``image-text-ridge``: that joint model as a model of its own,
+                   its grid holding both single-band models
 =================  ===========================================================
 
 Registered through the ``neuroenc`` entry-point group (name ``baselines``), as a
@@ -24,7 +26,7 @@ from __future__ import annotations
 import neuroenc
 from neuroenc import hookimpl
 
-from . import devkit, text
+from . import devkit, image_text, text
 
 __version__ = neuroenc.__version__
 
@@ -41,4 +43,4 @@ def neuroenc_voxel_mappers():
 
 @hookimpl
 def neuroenc_recipes():
-    return devkit.RECIPES + text.RECIPES
+    return devkit.RECIPES + text.RECIPES + image_text.RECIPES

@@ -52,16 +52,14 @@ from neuroenc import Component
 from neuroenc.core.config import BackboneRef, CaptionerRef, ComponentRef, MapperRef, TextEncoderRef
 from neuroenc.interfaces import Prediction
 from neuroenc.evaluation.metrics import r2_score
+from neuroenc.models.ridge import BandedRidgeCV
+from neuroenc.models.ridge._banded import DEFAULT_BAND_ALPHAS as DEFAULT_ALPHAS
+from neuroenc.models.ridge._banded import DEFAULT_BAND_RATIOS
 
 from .devkit import layer_features
 
 __all__ = ["BandedRidgeCV", "VariancePartitioner", "variance_partition", "caption_embeddings",
            "TextRidgeModel", "VariancePartitioningModel"]
-
-#: Default text-to-image band weight ratios of the joint model (a decade each side).
-DEFAULT_BAND_RATIOS = (0.1, 0.3, 1.0, 3.0, 10.0)
-#: Default ridge alphas (features are z-scored and each band scaled to unit variance).
-DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-2, 6, 9))
 
 
 # --------------------------------------------------------------------------- kernels
@@ -86,102 +84,6 @@ def variance_partition(r2_image: np.ndarray, r2_text: np.ndarray,
     r2_image, r2_text, r2_joint = (np.asarray(a, dtype=np.float64) for a in (r2_image, r2_text, r2_joint))
     return {"unique_image": r2_joint - r2_text, "unique_text": r2_joint - r2_image,
             "shared": r2_image + r2_text - r2_joint}
-
-
-class BandedRidgeCV:
-    """Ridge regression with one penalty per feature band and target, chosen by CV on a grid.
-
-    Parameters
-    ----------
-    alphas : sequence of float
-        Overall regularisation grid.
-    band_ratios : sequence of float
-        For two bands: weights ``(1 / sqrt(r), sqrt(r))`` for each ratio ``r``; ignored
-        with one band.
-    n_folds : int
-        Contiguous folds (see :func:`neuroenc.models.ridge.contiguous_folds`).
-    device, dtype : str
-        Passed to :func:`neuroenc.models.ridge.solve_ridge_cv`.
-
-    Attributes
-    ----------
-    coef_ : ndarray of shape (n_features_total, n_targets)
-        Weights on the standardised, band-scaled features.
-    intercept_ : ndarray of shape (n_targets,)
-    best_ratio_ : ndarray of shape (n_targets,)
-        The chosen ratio (1.0 with one band).
-    best_alpha_ : ndarray of shape (n_targets,)
-    cv_score_ : ndarray of shape (n_targets,)
-        The best mean cross-validated R^2.
-    """
-
-    def __init__(self, alphas: Sequence[float] = DEFAULT_ALPHAS,
-                 band_ratios: Sequence[float] = DEFAULT_BAND_RATIOS, n_folds: int = 5,
-                 device: str = "cpu", dtype: str = "float32"):
-        self.alphas = np.asarray(alphas, dtype=np.float64)
-        self.band_ratios = tuple(float(r) for r in band_ratios)
-        self.n_folds = n_folds
-        self.device = device
-        self.dtype = dtype
-
-    def _standardize(self, bands: Sequence[np.ndarray]) -> np.ndarray:
-        out = []
-        for (mean, scale), band in zip(self.band_stats_, bands):
-            out.append((np.asarray(band, dtype=np.float64) - mean) / scale)
-        return np.concatenate(out, axis=1)
-
-    def fit(self, bands: Sequence[np.ndarray], Y: np.ndarray) -> BandedRidgeCV:
-        """Fit on bands of shape (n_samples, n_features_b) and Y (n_samples, n_targets)."""
-        from neuroenc.models.ridge import solve_ridge_cv
-
-        if not 1 <= len(bands) <= 2:
-            raise ValueError(f"BandedRidgeCV: 1 or 2 bands, found {len(bands)}")
-        n = len(Y)
-        for i, band in enumerate(bands):
-            if band.shape[0] != n:
-                raise ValueError(f"band {i} has {band.shape[0]} rows, responses {n}")
-        self.band_stats_ = []
-        self.band_sizes_ = [int(b.shape[1]) for b in bands]
-        for band in bands:
-            band = np.asarray(band, dtype=np.float64)
-            mean = band.mean(axis=0)
-            std = band.std(axis=0)
-            std[std == 0] = 1.0
-            # z-score, then unit total variance per band: a 2,000-d band must not outweigh
-            # a 384-d one just by its width.
-            self.band_stats_.append((mean, std * np.sqrt(band.shape[1])))
-        Z = self._standardize(bands)
-        ratios = self.band_ratios if len(bands) == 2 else (1.0,)
-        n_targets = Y.shape[1]
-        self.cv_score_ = np.full(n_targets, -np.inf)
-        self.coef_ = np.zeros((Z.shape[1], n_targets), dtype=np.float32)
-        self.intercept_ = np.zeros(n_targets, dtype=np.float32)
-        self.best_ratio_ = np.ones(n_targets)
-        self.best_alpha_ = np.zeros(n_targets)
-        split = self.band_sizes_[0]
-        for ratio in ratios:
-            weights = np.ones(Z.shape[1])
-            if len(bands) == 2:
-                weights[:split] = ratio ** -0.5
-                weights[split:] = ratio ** 0.5
-            result = solve_ridge_cv(Z * weights, Y, self.alphas, n_folds=self.n_folds,
-                                    device=self.device, dtype=self.dtype)
-            score = result.cv_scores.max(axis=0).astype(np.float64)
-            better = score > self.cv_score_
-            self.cv_score_[better] = score[better]
-            self.coef_[:, better] = result.coef[:, better] * weights[:, None]
-            self.intercept_[better] = result.intercept[better]
-            self.best_ratio_[better] = ratio
-            self.best_alpha_[better] = result.best_alphas[better]
-        return self
-
-    def predict(self, bands: Sequence[np.ndarray]) -> np.ndarray:
-        """Return predictions of shape (n_samples, n_targets), float32."""
-        if [int(b.shape[1]) for b in bands] != self.band_sizes_:
-            raise ValueError(f"band widths {[b.shape[1] for b in bands]}, fitted on "
-                             f"{self.band_sizes_}")
-        Z = self._standardize(bands).astype(np.float32)
-        return Z @ self.coef_ + self.intercept_
 
 
 class VariancePartitioner:
@@ -293,8 +195,8 @@ class TextRidgeModel:
         return np.asarray(self.mapper.predict(features), dtype=np.float32)
 
 
-class VariancePartitioningParams(BaseModel):
-    """Parameters of ``variance-partitioning``."""
+class ImageTextParams(BaseModel):
+    """Parameters shared by the recipes of image features + caption embeddings."""
 
     model_config = ConfigDict(extra="forbid")
     backbone: BackboneRef = Field(..., description="image features (all layers concatenated)")
@@ -307,7 +209,6 @@ class VariancePartitioningParams(BaseModel):
                                      "for the joint model")
     n_folds: int = Field(5, ge=2, description="contiguous cross-validation folds")
     dtype: str = Field("float32", description="ridge precision: float32 or float64")
-    prefix: str = Field("vp_", description="prefix of the extra per-vertex maps")
 
     @field_validator("alphas", "band_ratios")
     @classmethod
@@ -317,16 +218,16 @@ class VariancePartitioningParams(BaseModel):
         return values
 
 
-class VariancePartitioningModel:
-    """Image-only, text-only and joint banded ridge; unique and shared variance per vertex.
+class VariancePartitioningParams(ImageTextParams):
+    """Parameters of ``variance-partitioning``."""
 
-    The maps listed in the module docstring come from :meth:`derived_scores` and
-    :meth:`vertex_maps`; the runner stores them in the results.
-    """
+    prefix: str = Field("vp_", description="prefix of the extra per-vertex maps")
 
-    not_saved_reason = TextRidgeModel.not_saved_reason  # its text band needs captions too
 
-    def __init__(self, params: VariancePartitioningParams, context):
+class ImageTextFeatures:
+    """Image features (a backbone, cached) and caption embeddings of each split, computed once."""
+
+    def __init__(self, params: ImageTextParams, context):
         self.params = params
         self.context = context
         self.backbone = context.build("image_backbone", params.backbone)
@@ -336,25 +237,40 @@ class VariancePartitioningModel:
             self.backbone, data, split, context)[:])
         self.text_features = _SplitCache(lambda data, split: caption_embeddings(
             self.captioner, self.encoder, data, split, context))
+
+    def bands(self, data, split: str, index: np.ndarray | None = None) -> list[np.ndarray]:
+        """Return ``[image (n, p), text (n, q)]`` of a split's images (``index``: some of them)."""
+        image, text = self.image_features(data, split), self.text_features(data, split)
+        if index is not None:
+            image, text = image[index], text[index]
+        return [image, text]
+
+
+class VariancePartitioningModel(ImageTextFeatures):
+    """Image-only, text-only and joint banded ridge; unique and shared variance per vertex.
+
+    The maps listed in the module docstring come from :meth:`derived_scores` and
+    :meth:`vertex_maps`; the runner stores them in the results.
+    """
+
+    not_saved_reason = TextRidgeModel.not_saved_reason  # its text band needs captions too
+
+    def __init__(self, params: VariancePartitioningParams, context):
+        super().__init__(params, context)
         self.partitioner: VariancePartitioner | None = None
 
     def fit(self, data, train_index: np.ndarray) -> None:
         p = self.params
         self.partitioner = VariancePartitioner(p.alphas, p.band_ratios, p.n_folds,
                                                device=self.context.device, dtype=p.dtype)
-        self.partitioner.fit(self.image_features(data, "train")[train_index],
-                             self.text_features(data, "train")[train_index],
+        self.partitioner.fit(*self.bands(data, "train", train_index),
                              data.responses("train")[train_index])
 
     def predict(self, data, split: str, index: np.ndarray | None = None) -> Prediction:
         """Return the joint model's predictions, with the single-band models as parts."""
         if self.partitioner is None:
             raise RuntimeError("variance-partitioning: predict() before fit()")
-        image = self.image_features(data, split)
-        text = self.text_features(data, split)
-        if index is not None:
-            image, text = image[index], text[index]
-        predictions = self.partitioner.predict(image, text)
+        predictions = self.partitioner.predict(*self.bands(data, split, index))
         return Prediction(np.asarray(predictions["joint"], dtype=np.float32),
                           parts={"image": predictions["image"], "text": predictions["text"]})
 

@@ -12,7 +12,7 @@ Each part is a component of its kind, usable on its own in other compositions:
 captioner          ``minigpt4``, ``dataset-captions``, ``caption-file``
 text_encoder       ``clip``, ``sentence-transformers``
 image_backbone     ``eva02``
-voxel_mapper       ``pca-head``
+voxel_mapper       ``pca-head``, ``gaussian-head``
 alignment_loss     ``contrastive``
 recipe             ``llm-vem`` (the two-stage trainer)
 =================  =====================================================
@@ -27,7 +27,7 @@ from __future__ import annotations
 import neuroenc
 from neuroenc import hookimpl
 
-from . import backbones, captioners, heads, losses, recipe, text_encoders
+from . import backbones, captioners, gaussian_head, heads, losses, recipe, text_encoders
 
 __version__ = neuroenc.__version__
 
@@ -49,7 +49,7 @@ def neuroenc_image_backbones():
 
 @hookimpl
 def neuroenc_voxel_mappers():
-    return heads.COMPONENTS
+    return heads.COMPONENTS + gaussian_head.COMPONENTS
 
 
 @hookimpl

@@ -104,6 +104,15 @@ class PCAHeadModule(nn.Module):
         self.shared_dim = params.low_rank
         self.freeze_pca = params.freeze_pca
 
+    def rebuild_meta(self) -> dict:
+        """Return the keyword arguments of :meth:`PCAHead.empty_module` for this shape."""
+        n_vertices, k = self.pca.weight.shape
+        return {"n_components": int(k), "n_vertices": int(n_vertices)}
+
+    def frozen_parameter_names(self) -> set[str]:
+        """Parameters no training stage updates: the PCA layer, unless ``freeze_pca`` is off."""
+        return {"pca.weight", "pca.bias"} if self.freeze_pca else set()
+
     def forward(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         if len(features) != len(self.layers):
             raise ValueError(f"head built for {len(self.layers)} layers, got {len(features)}")

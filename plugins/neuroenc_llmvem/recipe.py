@@ -300,7 +300,13 @@ class LLMVEMModel:
         with torch.inference_mode():
             shapes = [tuple(v.shape[1:]) for v in self.backbone.forward_features(probe).values()]
         self.layer_shapes = shapes
-        head = mapper.build_module(shapes, responses[fit_index], list(data.unit_blocks().values()))
+        head_kwargs = {}
+        if getattr(mapper, "init_from_features", False):  # e.g. gaussian-head's fwRF init
+            self._layer_features(data, "train", fit_index[:1])  # fills the feature cache
+            head_kwargs = {"features": self._cached_features["train"], "rows": fit_index,
+                           "visual_field_deg": data.metadata.get("visual_field_deg")}
+        head = mapper.build_module(shapes, responses[fit_index], list(data.unit_blocks().values()),
+                                   **head_kwargs)
         projection = alignment = None
         if text is not None:
             with torch.random.fork_rng(devices=[]):  # leave the global RNG stream untouched
@@ -357,14 +363,15 @@ class LLMVEMModel:
     def _run_stage(self, stage_no, stage, data, fit_index, val_index, targets, measured_val, text,
                    backbone_trained, ckpt_path, resume):
         ctx, p, net = self.context, self.params, self.net
-        frozen_pca = {n for n, q in net.named_parameters() if n.startswith("head.pca.")
-                      and getattr(net.head, "freeze_pca", True)}
-        trainable = []
+        frozen = {f"head.{n}" for n in _head_names(net.head, "frozen_parameter_names")}
+        no_decay = {f"head.{n}" for n in _head_names(net.head, "no_weight_decay")}
+        trainable, decayed, undecayed = [], [], []
         for name, param in net.named_parameters():
-            on = self._selected(name, stage) and name not in frozen_pca
+            on = self._selected(name, stage) and name not in frozen
             param.requires_grad_(on)
             if on:
                 trainable.append(param)
+                (undecayed if name in no_decay else decayed).append(param)
         if not trainable:
             raise ValueError(f"llm-vem stage {stage.name!r}: train patterns {stage.train} select no "
                              "parameter; parameter names start with backbone., head., projection.")
@@ -379,7 +386,10 @@ class LLMVEMModel:
         ddp.check_batch_size(batch_size, stage.name)
         n_fit = len(fit_index)
         steps_per_epoch = max(1, n_fit // batch_size) if n_fit > batch_size else 1
-        optimizer = torch.optim.AdamW(trainable, lr=stage.lr, weight_decay=stage.weight_decay)
+        # positions and sizes of a spatial head must not be decayed towards 0 (the centre)
+        groups = [{"params": decayed}] + ([{"params": undecayed, "weight_decay": 0.0}]
+                                          if undecayed else [])
+        optimizer = torch.optim.AdamW(groups, lr=stage.lr, weight_decay=stage.weight_decay)
         # linear warm-up from 0, then cosine decay to 0 (transformers' schedule)
         from transformers import get_cosine_schedule_with_warmup
 
@@ -544,6 +554,16 @@ class LLMVEMModel:
         cut = self._prefix_split(self.params.stages) if backbone_trained else None
         return self._predict_index(data, split, index, use_cache=not backbone_trained, cut=cut)
 
+    # -- what the head learnt per vertex (gaussian-head: receptive fields) ----------------
+    def vertex_maps(self) -> dict[str, np.ndarray]:
+        maps = getattr(self.net.head, "vertex_maps", None) if self.net is not None else None
+        return dict(maps()) if maps is not None else {}
+
+    @property
+    def vertex_map_units(self) -> dict[str, str]:
+        units = getattr(self.net.head, "vertex_map_units", None) if self.net is not None else None
+        return dict(units or {})
+
     # -- a saved encoder (neuroenc.core.encoders) ---------------------------------------
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
         """Return the trained head and trained backbone parameters, and the backbone's record."""
@@ -573,16 +593,17 @@ def _state(model: LLMVEMModel) -> tuple[dict[str, np.ndarray], dict]:
 
     if model.net is None:
         raise EncoderNotSavable("llm-vem: the model was not fitted")
-    if not hasattr(model.net.head, "pca"):
-        raise EncoderNotSavable(f"llm-vem: head {model.params.mapper.name!r} is not a pca-head; "
-                                "only pca-head encoders are saved so far")
+    rebuild = getattr(model.net.head, "rebuild_meta", None)
+    if rebuild is None:
+        raise EncoderNotSavable(f"llm-vem: head {model.params.mapper.name!r} has no rebuild_meta() "
+                                "(what its mapper's empty_module needs to rebuild it)")
     arrays = {f"head.{k}": v.detach().cpu().numpy() for k, v in model.net.head.state_dict().items()}
     for name, param in model.net.backbone.named_parameters(prefix="backbone"):
         if any(model._selected(name, stage) for stage in model.params.stages):
             arrays[name] = param.detach().cpu().numpy()
-    n_vertices, k = model.net.head.pca.weight.shape
-    return arrays, {"readout": "llm-vem pca-head", "layer_shapes": [list(s) for s in model.layer_shapes],
-                    "pca_shape": [k, n_vertices], "backbone": model._backbone_record}
+    return arrays, {"readout": f"llm-vem {model.params.mapper.name}",
+                    "layer_shapes": [list(s) for s in model.layer_shapes],
+                    "head": rebuild(), "backbone": model._backbone_record}
 
 
 def _from_state(params: LLMVEMParams, context, arrays: dict, meta: dict) -> _SavedNet:
@@ -591,8 +612,12 @@ def _from_state(params: LLMVEMParams, context, arrays: dict, meta: dict) -> _Sav
     backbone = context.build("image_backbone", params.backbone)
     base = module_digest(backbone.module)
     mapper = context.build("voxel_mapper", params.mapper)
-    k, n_vertices = meta["pca_shape"]
-    head = mapper.empty_module([tuple(s) for s in meta["layer_shapes"]], k, n_vertices)
+    if "head" in meta:
+        head_meta = meta["head"]
+    else:  # encoders saved before heads described themselves: pca-head only
+        k, n_vertices = meta["pca_shape"]
+        head_meta = {"n_components": k, "n_vertices": n_vertices}
+    head = mapper.empty_module([tuple(s) for s in meta["layer_shapes"]], **head_meta)
     head.load_state_dict({n[5:]: torch.from_numpy(v) for n, v in arrays.items() if n.startswith("head.")})
     trained = {n[len("backbone."):]: torch.from_numpy(v) for n, v in arrays.items()
                if n.startswith("backbone.")}
@@ -603,6 +628,17 @@ def _from_state(params: LLMVEMParams, context, arrays: dict, meta: dict) -> _Sav
                                "are not in the backbone built here")
     backbone.module.eval()
     return _SavedNet(backbone, head.eval().to(context.device), base)
+
+
+def _head_names(head: nn.Module, method: str) -> set[str]:
+    """Return the head's parameter names (relative to it) that ``method`` lists; a head
+    without the method lists none (a pca-head of an older plugin: its frozen PCA layer)."""
+    fn = getattr(head, method, None)
+    if fn is not None:
+        return set(fn())
+    if method == "frozen_parameter_names" and getattr(head, "freeze_pca", False):
+        return {n for n, _ in head.named_parameters() if n.startswith("pca.")}
+    return set()
 
 
 def _blank_image():

@@ -5,7 +5,9 @@ arrays; its docstring explains the algorithm and what makes it fast); ``_estimat
 the scikit-learn-style :class:`RidgeCV` that wraps it.
 """
 
+from ._banded import BandedRidgeCV
 from ._estimators import RidgeCV
 from ._solvers import DEFAULT_ALPHAS, RidgeCVResult, contiguous_folds, solve_ridge_cv
 
-__all__ = ["DEFAULT_ALPHAS", "RidgeCVResult", "solve_ridge_cv", "contiguous_folds", "RidgeCV"]
+__all__ = ["DEFAULT_ALPHAS", "RidgeCVResult", "solve_ridge_cv", "contiguous_folds", "RidgeCV",
+           "BandedRidgeCV"]
