@@ -119,6 +119,14 @@ class Prediction:
     responses: np.ndarray
     parts: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
+    @classmethod
+    def of(cls, output) -> Prediction:
+        """Return ``predict``'s output (an array or a Prediction) as a float32 Prediction."""
+        if isinstance(output, Prediction):
+            return cls(np.asarray(output.responses, dtype=np.float32),
+                       {k: np.asarray(v, dtype=np.float32) for k, v in output.parts.items()})
+        return cls(np.asarray(output, dtype=np.float32))
+
 
 @runtime_checkable
 class EncodingModel(Protocol):

@@ -36,7 +36,7 @@ import pandas as pd
 import yaml
 
 from neuroenc.core.cache import atomic_path, write_json_atomic
-from neuroenc.core.config import Registry, default_cache_dir
+from neuroenc.core.config import SEED_KEY, Registry, default_cache_dir
 from neuroenc.core.context import ModelSpec, RunContext, resolve_device, seed_everything
 from neuroenc.core.encoders import save_part_encoder, write_encoder_manifest
 from neuroenc.data.subject import DatasetError
@@ -552,6 +552,7 @@ def select_headline(state: _RunState, plan: SubjectPlan, base: str, entries: lis
     """
     import shutil
 
+    from neuroenc.evaluation.results import read_netcdf
     from neuroenc.evaluation.selection import SELECTION_FILE, select_point
 
     registry, subject = state.registry, plan.subject
@@ -574,7 +575,7 @@ def select_headline(state: _RunState, plan: SubjectPlan, base: str, entries: lis
     ds.attrs.update(model=base, sweep_point="{}", selected_point=json.dumps(chosen_variant.point),
                     selection=selection.to_json())
     write_netcdf(ds, folder / "scores.nc")
-    predictions = read_predictions(point_folder)
+    predictions = read_netcdf(point_folder / "predictions.nc")
     predictions.attrs["model"] = base
     write_netcdf(predictions, folder / "predictions.nc")
     if (point_folder / "encoder.status.json").is_file():
@@ -591,12 +592,6 @@ def select_headline(state: _RunState, plan: SubjectPlan, base: str, entries: lis
               f"images ({registry.selection.metric} "
               f"{next(p['mean'] for p in selection.points if p['chosen']):.4f})")
     return ds, chosen_variant
-
-
-def read_predictions(folder: Path) -> "xr.Dataset":
-    from neuroenc.evaluation.results import read_netcdf
-
-    return read_netcdf(folder / "predictions.nc")
 
 
 def _copy_encoder(source: Path, target: Path, model: str) -> None:
@@ -645,10 +640,8 @@ def _kept_part(folder: Path, model: str, subject: str, shape: tuple[int, int],
 
 def _unpack(output) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Return ``(predictions, parts)`` from a recipe's ``predict`` (array or Prediction)."""
-    if isinstance(output, Prediction):
-        return (np.asarray(output.responses, dtype=np.float32),
-                {k: np.asarray(v, dtype=np.float32) for k, v in output.parts.items()})
-    return np.asarray(output, dtype=np.float32), {}
+    prediction = Prediction.of(output)
+    return prediction.responses, dict(prediction.parts)
 
 
 def _score(model_name: str, model, metrics: dict, measured: np.ndarray, predicted: np.ndarray,
@@ -690,7 +683,7 @@ def sweep_summary(points: list, variable: str, headlines: list = ()) -> pd.DataF
             continue
         label = _point_label(point)
         key = {"model": ds.attrs["sweep_base"], "point": label, "subject": ds.attrs["subject"],
-               "seed": point.get("seed", ds.attrs.get("seed", 0))}
+               "seed": point.get(SEED_KEY, ds.attrs.get("seed", 0))}
         for rec in roi_class_summary(ds, variable).to_dict("records"):
             value = rec["mean"] if rec["roi_class"] == "all" else rec["median"]
             column = "all (mean)" if rec["roi_class"] == "all" else rec["roi_class"]
@@ -704,8 +697,7 @@ def sweep_summary(points: list, variable: str, headlines: list = ()) -> pd.DataF
     per_seed = frame.groupby(["model", "point", "seed", "column"], sort=False)["value"].mean()
     over_seeds = per_seed.groupby(["model", "point", "column"], sort=False)
     table = over_seeds.mean().unstack("column")
-    n_seeds = per_seed.groupby(["model", "point"], sort=False).size() // max(
-        1, frame["column"].nunique())
+    n_seeds = frame.groupby(["model", "point"], sort=False)["seed"].nunique()
     columns = ["all (mean)"] + [c for c in table.columns if c != "all (mean)"]
     table = table[columns]
     if int(n_seeds.max()) > 1:
@@ -724,7 +716,7 @@ def sweep_summary(points: list, variable: str, headlines: list = ()) -> pd.DataF
 
 def _point_label(point: dict) -> str:
     """A sweep point as text, without its seed: ``alignment.weight=0.1``."""
-    choice = {k: v for k, v in point.items() if k != "seed"}
+    choice = {k: v for k, v in point.items() if k != SEED_KEY}
     return ", ".join(f"{k}={v}" for k, v in choice.items()) or "(seeds)"
 
 

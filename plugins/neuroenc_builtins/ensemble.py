@@ -165,7 +165,7 @@ class EnsembleModel:
 def _responses(output) -> np.ndarray:
     from neuroenc.interfaces import Prediction
 
-    return np.asarray(output.responses if isinstance(output, Prediction) else output, np.float32)
+    return Prediction.of(output).responses
 
 
 def _safe(name: str) -> str:

@@ -379,9 +379,10 @@ class LLMVEMModel:
         # cached frozen features are valid only for the backbone as built, never after fine-tuning
         frozen_features_valid = not train_backbone and not backbone_trained
         use_cache = frozen_features_valid and stage.min_crop_scale == 1.0
-        # fine-tuning the last blocks without augmentation: run them on their cached input
-        cut = (self._prefix_split(p.stages[:stage_no + 1])
-               if not frozen_features_valid and stage.min_crop_scale == 1.0 else None)
+        # fine-tuned last blocks run on their cached input: in training when nothing is
+        # augmented, in validation always (the blocks before the cut never train)
+        predict_cut = self._prefix_split(p.stages[:stage_no + 1])
+        cut = predict_cut if not frozen_features_valid and stage.min_crop_scale == 1.0 else None
         batch_size = stage.batch_size or ctx.batch_size  # global: split across DDP ranks
         ddp.check_batch_size(batch_size, stage.name)
         n_fit = len(fit_index)
@@ -482,7 +483,7 @@ class LLMVEMModel:
             score = 0.0
             if ddp.is_main():  # the weights are equal on every rank: rank 0 validates for all
                 predicted_val = self._predict_index(data, "train", val_index, frozen_features_valid,
-                                                    self._prefix_split(p.stages[:stage_no + 1]))
+                                                    predict_cut)
                 score = _validation_score(measured_val, predicted_val, p.validation_metric)
             score = ddp.broadcast_float(score)  # so that every rank stops at the same epoch
             self.history.append({"stage": stage.name, "epoch": epoch + 1,

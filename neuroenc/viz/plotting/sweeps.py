@@ -133,7 +133,7 @@ def _n_seeds(ds: xr.Dataset) -> int:
 def _mean_over_seeds(ds: xr.Dataset) -> xr.Dataset:
     """Return a sweep with its ``seed`` coordinate (replicates) averaged out, per vertex."""
     dim = _sweep_dim(ds)
-    if _n_seeds(ds) == 1 and "seed" not in ds.coords:
+    if "seed" not in ds.coords or ds["seed"].dims != (dim,):
         return ds
     others = [str(c) for c in ds.coords if ds[c].dims == (dim,) and c != "seed"]
     keys = list(zip(*[ds[c].values.tolist() for c in others])) if others else [()] * ds.sizes[dim]
